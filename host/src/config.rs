@@ -1,0 +1,114 @@
+//! Server configuration: the web root, the guest, and every limit.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Address the server listens on when none is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Web root served when none is given, relative to the working directory.
+pub const DEFAULT_ROOT: &str = "www";
+
+/// Longest request line plus header section. 16 KiB holds long URLs and
+/// cookie headers (nginx's `large_client_header_buffers` allows 8 KiB a
+/// line) while bounding what one connection can make the server buffer.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in one request; httparse parses into a fixed array of
+/// this size. Real browsers send fewer than 30.
+pub const MAX_HEADERS: usize = 100;
+/// Largest request body the host buffers for a guest (8 MiB): enough for
+/// forms and uploads of documents, small enough that a few hundred
+/// concurrent uploads cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
+/// Time a client has to send a whole request head (and each read of its
+/// body) once it has started: slow-loris clients are cut off after this.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time an idle keep-alive connection is kept open waiting for the next
+/// request, as in nginx's `keepalive_timeout`-style defaults.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one write to a client may take before the client is considered
+/// gone (it stopped reading).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wall-clock time a guest has to produce its response head, and then
+/// each piece of its body. A guest past it gets a 504 (or, once the head
+/// is out, its connection closed) and its instance is dropped.
+pub const DEFAULT_GUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Linear memory one guest instance may grow to. A static-file guest needs
+/// about 2 MiB; 64 MiB leaves room for real applications.
+pub const DEFAULT_GUEST_MEMORY: usize = 64 * 1024 * 1024;
+/// Open client connections; past it, new connections wait in the kernel's
+/// accept backlog rather than being refused.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Guest instances alive at once (slots in the pooling allocator). Each
+/// slot reserves address space, not memory; requests past it wait.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+
+/// Which component handles requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestSource {
+    /// The static-file guest compiled into the host.
+    Default,
+    /// A `wasi:http/incoming-handler` component read from this file.
+    File(PathBuf),
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory preopened read-only for the guest at `/`.
+    pub root: PathBuf,
+    /// The component that handles requests.
+    pub guest: GuestSource,
+    /// Protocol and resource limits.
+    pub limits: Limits,
+}
+
+impl Config {
+    /// A configuration with default limits serving `root` with the default guest.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Config {
+            root: root.into(),
+            guest: GuestSource::Default,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Protocol and resource limits; see the `DEFAULT_*` constants for why each
+/// default is what it is.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest request line plus headers, in bytes.
+    pub max_head_bytes: usize,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: u64,
+    /// Time to send a request head once started, and each body read.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection waits for its next request.
+    pub keep_alive_timeout: Duration,
+    /// Time one write to the client may take.
+    pub write_timeout: Duration,
+    /// Time a guest has for its response head, and for each body chunk.
+    pub guest_timeout: Duration,
+    /// Linear memory cap per guest instance, in bytes.
+    pub guest_memory: usize,
+    /// Open client connections.
+    pub max_connections: usize,
+    /// Guest instances alive at once.
+    pub max_instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            guest_timeout: DEFAULT_GUEST_TIMEOUT,
+            guest_memory: DEFAULT_GUEST_MEMORY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_instances: DEFAULT_MAX_INSTANCES,
+        }
+    }
+}

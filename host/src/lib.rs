@@ -1,0 +1,31 @@
+//! wasmhttpd: a web server whose request handlers are sandboxed
+//! WebAssembly components.
+//!
+//! The host owns the TCP listener and speaks HTTP/1.1 itself; each request
+//! is handed to a guest component through the standard
+//! `wasi:http/incoming-handler` interface, in a fresh instance with the web
+//! root preopened read-only.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let server = wasmhttpd::Server::new(wasmhttpd::Config::new("www"))?;
+//! let listener = wasmhttpd::bind("127.0.0.1:8080".parse()?)?;
+//! server.run(listener, std::future::pending()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout:
+//! - [`config`]: the configuration and every limit, with its default.
+//! - [`server`]: binding, the accept loop, the connection cap.
+//! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies).
+//! - [`wasm`]: the engine, loading a guest, running a request through it.
+
+pub mod config;
+pub mod proto;
+pub mod server;
+pub mod wasm;
+
+pub use config::{Config, GuestSource, Limits};
+pub use server::{Server, StartError, bind};
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));

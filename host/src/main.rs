@@ -1,0 +1,112 @@
+//! The `wasmhttpd` binary: parse the command line, bind, serve.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use wasmhttpd::config::{self, Config, GuestSource, Limits};
+
+/// A web server whose request handlers are sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "WASMHTTPD_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+
+    /// Web root, preopened read-only for the guest at `/`.
+    #[arg(long, env = "WASMHTTPD_ROOT", default_value = config::DEFAULT_ROOT)]
+    root: PathBuf,
+
+    /// A wasi:http component (`.wasm`) to handle requests instead of the
+    /// built-in static-file guest.
+    #[arg(long, env = "WASMHTTPD_GUEST")]
+    guest: Option<PathBuf>,
+
+    /// Seconds a guest has to produce its response head (then 504), and
+    /// each piece of its body.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_GUEST_TIMEOUT.as_secs_f64())]
+    guest_timeout: f64,
+
+    /// Linear memory cap per guest instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = config::DEFAULT_GUEST_MEMORY >> 20)]
+    guest_memory: usize,
+
+    /// Largest request body accepted, in bytes (then 413).
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
+    max_body: u64,
+
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs_f64())]
+    keep_alive_timeout: f64,
+
+    /// Seconds a client has to send a request head once it started.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
+    header_timeout: f64,
+
+    /// Open client connections at most; more wait in the accept backlog.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+
+    /// Guest instances alive at once; more requests wait.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_INSTANCES)]
+    max_instances: u32,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let secs = |name: &str, value: f64| {
+            Duration::try_from_secs_f64(value).with_context(|| format!("invalid --{name} {value}"))
+        };
+        Ok(Config {
+            root: self.root,
+            guest: self.guest.map_or(GuestSource::Default, GuestSource::File),
+            limits: Limits {
+                guest_timeout: secs("guest-timeout", self.guest_timeout)?,
+                guest_memory: self
+                    .guest_memory
+                    .checked_mul(1 << 20)
+                    .context("--guest-memory is too large")?,
+                max_body_bytes: self.max_body,
+                keep_alive_timeout: secs("keep-alive-timeout", self.keep_alive_timeout)?,
+                header_timeout: secs("header-timeout", self.header_timeout)?,
+                max_connections: self.max_connections,
+                max_instances: self.max_instances,
+                ..Limits::default()
+            },
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let args = Args::parse();
+    let listen = args.listen;
+    let config = args.into_config()?;
+    let server = wasmhttpd::Server::new(config)?;
+    let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!("listening on http://{addr}/");
+    server.run(listener, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,432 @@
+//! One client connection: read a request, hand it to the guest, write the
+//! response, and repeat while keep-alive allows.
+//!
+//! Requests on a connection are answered strictly in order, so pipelined
+//! requests need nothing special: the bytes of the next request simply wait
+//! in the read buffer. Request bodies are read whole (up to the body limit)
+//! before the guest runs.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, StatusCode, Version, header};
+use http_body::Body;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{debug, info, warn};
+
+use super::decode::ChunkedDecoder;
+use super::encode::Encoder;
+use super::error::Error;
+use super::role::{self, BodyKind, Framing, RequestHead};
+use crate::server::Shared;
+use crate::wasm::guest::GuestResponse;
+
+/// Read buffer reserved ahead of each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// After answering a request whose body was not read (413, 400), the host
+/// keeps reading and discarding for this long before closing, so the
+/// client's unsent bytes do not turn the close into a reset that destroys
+/// the response before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+/// At most this much is discarded while lingering.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// What was sent for one request, for the access log.
+struct Sent {
+    status: StatusCode,
+    bytes: u64,
+    keep_alive: bool,
+}
+
+/// A client connection.
+pub(crate) struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    shared: Arc<Shared>,
+    /// Names this server in URIs of HTTP/1.0 requests without `Host`.
+    authority: String,
+    /// Requests answered so far.
+    served: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: Vec::with_capacity(READ_CHUNK),
+            shared,
+            authority: local.to_string(),
+            served: 0,
+        }
+    }
+
+    /// Serves requests until the client leaves, asks to close, or errs.
+    pub(crate) async fn serve(mut self) {
+        loop {
+            let head = match self.read_head().await {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(err) => return self.refuse(err).await,
+            };
+            let started = Instant::now();
+            let id = self.shared.next_request_id();
+            let method = head.method.clone();
+            let target = head.uri.path_and_query().map(|pq| pq.to_string());
+            let target = target.unwrap_or_else(|| "/".to_owned());
+            let (version, keep_alive) = (head.version, head.keep_alive);
+            let request = match self.read_body(&head).await {
+                Ok(body) => into_request(head, body),
+                Err(err) => return self.refuse(err).await,
+            };
+            let sent = match self.shared.guest.handle(request).await {
+                Ok(response) => {
+                    self.write_response(response, &method, version, keep_alive)
+                        .await
+                }
+                Err(err) => {
+                    warn!(id, %method, %target, cause = %err, "guest failed");
+                    self.write_error(err.status(), version, keep_alive).await
+                }
+            };
+            self.served += 1;
+            let Ok(sent) = sent else {
+                debug!(id, "client went away while writing");
+                return;
+            };
+            info!(
+                target: "wasmhttpd::access",
+                id,
+                %method,
+                %target,
+                status = sent.status.as_u16(),
+                bytes = sent.bytes,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+            );
+            if !sent.keep_alive {
+                return self.close(false).await;
+            }
+        }
+    }
+
+    /// Reads until a whole head is buffered. `Ok(None)`: the client closed,
+    /// or stayed idle past the keep-alive timeout, between requests.
+    async fn read_head(&mut self) -> Result<Option<RequestHead>, Error> {
+        let limits = &self.shared.limits;
+        // The first request gets the header timeout to arrive; later ones the
+        // (shorter) keep-alive timeout. Once a byte of the head has arrived,
+        // the whole head must be in within the header timeout.
+        let idle = if self.served == 0 {
+            limits.header_timeout
+        } else {
+            limits.keep_alive_timeout
+        };
+        let mut deadline = Instant::now() + idle;
+        let mut started = false;
+        loop {
+            if !self.buf.is_empty() {
+                if !started {
+                    started = true;
+                    deadline = Instant::now() + limits.header_timeout;
+                }
+                let parsed =
+                    role::parse_request(&self.buf, limits.max_head_bytes, &self.authority)?;
+                if let Some((head, len)) = parsed {
+                    let _ = self.buf.split_to(len);
+                    return Ok(Some(head));
+                }
+            }
+            self.buf.reserve(READ_CHUNK);
+            match timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                Err(_) if !started => return Ok(None),
+                Err(_) => return Err(Error::Timeout),
+                Ok(Ok(0)) if !started => return Ok(None),
+                Ok(Ok(0)) => return Err(Error::Incomplete),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Reads the request body per its framing, answering
+    /// `Expect: 100-continue` first.
+    async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, Error> {
+        let max = self.shared.limits.max_body_bytes;
+        match head.body {
+            BodyKind::Empty => Ok(Bytes::new()),
+            BodyKind::Length(n) if n > max => Err(Error::BodyTooLarge),
+            BodyKind::Length(n) => {
+                let n = n as usize;
+                self.continue_if_expected(head).await?;
+                while self.buf.len() < n {
+                    self.buf.reserve(n - self.buf.len());
+                    self.read_more().await?;
+                }
+                Ok(self.buf.split_to(n).freeze())
+            }
+            BodyKind::Chunked => {
+                self.continue_if_expected(head).await?;
+                let mut decoder = ChunkedDecoder::new(max, self.shared.limits.max_head_bytes);
+                while !decoder.decode(&mut self.buf)? {
+                    self.buf.reserve(READ_CHUNK);
+                    self.read_more().await?;
+                }
+                Ok(decoder.into_body())
+            }
+        }
+    }
+
+    async fn continue_if_expected(&mut self, head: &RequestHead) -> Result<(), Error> {
+        if head.expect_continue && self.buf.is_empty() {
+            self.write_all_buf(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        Ok(())
+    }
+
+    /// One read of body bytes, within the header timeout.
+    async fn read_more(&mut self) -> Result<(), Error> {
+        let limit = self.shared.limits.header_timeout;
+        match timeout(limit, self.io.read_buf(&mut self.buf)).await {
+            Err(_) => Err(Error::Timeout),
+            Ok(Ok(0)) => Err(Error::Incomplete),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) => Err(err.into()),
+        }
+    }
+
+    /// Writes a guest's response, streaming its body as the guest writes it.
+    async fn write_response(
+        &mut self,
+        response: GuestResponse,
+        method: &Method,
+        version: Version,
+        keep_alive: bool,
+    ) -> std::io::Result<Sent> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let declared = match declared_length(&parts.headers) {
+            Some(declared) if status.as_u16() >= 200 => declared,
+            _ => {
+                warn!(%status, "guest response has an informational status or invalid Content-Length");
+                drop(body);
+                return self
+                    .write_error(StatusCode::INTERNAL_SERVER_ERROR, version, keep_alive)
+                    .await;
+            }
+        };
+        let head_only = method == Method::HEAD;
+        let framing = match declared {
+            _ if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED => {
+                Framing::None
+            }
+            Some(n) => Framing::Length(n),
+            None if head_only => Framing::None,
+            None if version == Version::HTTP_11 => Framing::Chunked,
+            None => Framing::Close,
+        };
+        let mut keep_alive = keep_alive && framing != Framing::Close;
+        self.out.clear();
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        role::encode_response_head(
+            &mut self.out,
+            status,
+            &parts.headers,
+            framing,
+            keep_alive,
+            version,
+            &date,
+        );
+        let head_len = self.out.len() as u64;
+        if head_only || framing == Framing::None {
+            drop(body);
+            self.flush_out().await?;
+            return Ok(Sent {
+                status,
+                bytes: head_len,
+                keep_alive,
+            });
+        }
+
+        let guest_timeout = self.shared.limits.guest_timeout;
+        let mut encoder = Encoder::new(framing);
+        let mut sent = head_len;
+        let complete = loop {
+            // Take a frame that is already there without waiting, so a small
+            // body goes out in the same write as the head.
+            let ready = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)));
+            let frame = match ready.await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    sent += self.flush_out().await?;
+                    match timeout(
+                        guest_timeout,
+                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+                    )
+                    .await
+                    {
+                        Ok(frame) => frame,
+                        Err(_) => {
+                            warn!(%status, "guest stalled while writing its body");
+                            break false;
+                        }
+                    }
+                }
+            };
+            match frame {
+                None => break encoder.finish(&mut self.out).is_ok(),
+                Some(Err(err)) => {
+                    warn!(%status, cause = ?err, "guest body failed");
+                    break false;
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && let Err(err) = encoder.encode(&data, &mut self.out)
+                    {
+                        warn!(%status, cause = %err, "guest body overran its Content-Length");
+                        break false;
+                    }
+                    if self.out.len() >= READ_CHUNK * 8 {
+                        sent += self.flush_out().await?;
+                    }
+                }
+            }
+        };
+        drop(body);
+        sent += self.flush_out().await?;
+        if !complete {
+            // The client cannot tell where this body ends: the connection
+            // cannot carry another response.
+            keep_alive = false;
+        }
+        Ok(Sent {
+            status,
+            bytes: sent,
+            keep_alive,
+        })
+    }
+
+    /// Writes a small plain-text error response generated by the host.
+    async fn write_error(
+        &mut self,
+        status: StatusCode,
+        version: Version,
+        keep_alive: bool,
+    ) -> std::io::Result<Sent> {
+        let body = format!(
+            "{} {}\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        self.out.clear();
+        role::encode_response_head(
+            &mut self.out,
+            status,
+            &headers,
+            Framing::Length(body.len() as u64),
+            keep_alive,
+            version,
+            &date,
+        );
+        self.out.extend_from_slice(body.as_bytes());
+        let bytes = self.flush_out().await?;
+        Ok(Sent {
+            status,
+            bytes,
+            keep_alive,
+        })
+    }
+
+    /// Answers a request the front end refused (if an answer is owed), then closes.
+    async fn refuse(mut self, err: Error) {
+        match err.status() {
+            Some(status) => {
+                warn!(cause = %err, status = status.as_u16(), "refused request");
+                if self
+                    .write_error(status, Version::HTTP_11, false)
+                    .await
+                    .is_ok()
+                {
+                    self.close(true).await;
+                }
+            }
+            None => debug!(cause = %err, "closing connection"),
+        }
+    }
+
+    /// Closes the connection. With `linger`, unread request bytes are
+    /// drained for a moment first so the response is not lost to a reset.
+    async fn close(mut self, linger: bool) {
+        let _ = self.io.shutdown().await;
+        if linger {
+            let mut sink = vec![0; READ_CHUNK];
+            let mut drained = 0;
+            let deadline = Instant::now() + LINGER;
+            while drained < LINGER_BYTES {
+                match timeout_at(deadline, self.io.read(&mut sink)).await {
+                    Ok(Ok(n)) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Writes out the pending output buffer; returns how many bytes went out.
+    async fn flush_out(&mut self) -> std::io::Result<u64> {
+        let out = std::mem::take(&mut self.out);
+        let result = self.write_all_buf(&out).await;
+        let written = out.len() as u64;
+        self.out = out;
+        self.out.clear();
+        result.map(|()| written)
+    }
+
+    /// Writes `bytes` within the write timeout.
+    async fn write_all_buf(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match timeout(self.shared.limits.write_timeout, self.io.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+/// The guest's `Content-Length`: `Some(None)` when absent, `None` when invalid.
+fn declared_length(headers: &http::HeaderMap) -> Option<Option<u64>> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Some(None);
+    };
+    if values.next().is_some() {
+        return None;
+    }
+    let text = first.to_str().ok()?;
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().map(Some)
+}
+
+fn into_request(head: RequestHead, body: Bytes) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::new(Full::new(body));
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    request
+}

@@ -1,0 +1,131 @@
+//! Response body encoding: `Content-Length`, chunked, or close-delimited,
+//! and the check that a body matches the length its head declared.
+
+use super::role::Framing;
+
+/// The body did not match its declared `Content-Length`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("body length {actual} differs from Content-Length {declared}")]
+pub struct LengthMismatch {
+    /// What the head declared.
+    pub declared: u64,
+    /// What was (or would have been) written.
+    pub actual: u64,
+}
+
+/// Frames body bytes for the wire according to the response's [`Framing`].
+#[derive(Debug)]
+pub struct Encoder {
+    framing: Framing,
+    written: u64,
+}
+
+impl Encoder {
+    /// An encoder for a body framed as `framing`.
+    pub fn new(framing: Framing) -> Self {
+        Encoder {
+            framing,
+            written: 0,
+        }
+    }
+
+    /// Appends `data`, framed, to `out`. Data past a declared length is
+    /// refused (nothing is appended), so a guest can never write into the
+    /// next response on a keep-alive connection.
+    pub fn encode(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), LengthMismatch> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let total = self.written + data.len() as u64;
+        match self.framing {
+            Framing::Length(declared) if total > declared => {
+                return Err(LengthMismatch {
+                    declared,
+                    actual: total,
+                });
+            }
+            Framing::Chunked => {
+                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\r\n");
+            }
+            Framing::None => {}
+            Framing::Length(_) | Framing::Close => out.extend_from_slice(data),
+        }
+        self.written = total;
+        Ok(())
+    }
+
+    /// Ends the body: the last chunk for chunked bodies, and the check that a
+    /// `Content-Length` body was written in full.
+    pub fn finish(&self, out: &mut Vec<u8>) -> Result<(), LengthMismatch> {
+        match self.framing {
+            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Length(declared) if declared != self.written => {
+                return Err(LengthMismatch {
+                    declared,
+                    actual: self.written,
+                });
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Body bytes accepted so far (before framing).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_frames_each_piece_and_ends_with_a_zero_chunk() {
+        let mut enc = Encoder::new(Framing::Chunked);
+        let mut out = Vec::new();
+        enc.encode(b"hello", &mut out).unwrap();
+        enc.encode(b"", &mut out).unwrap();
+        enc.encode(&[b'x'; 26], &mut out).unwrap();
+        enc.finish(&mut out).unwrap();
+        let expected = format!("5\r\nhello\r\n1a\r\n{}\r\n0\r\n\r\n", "x".repeat(26));
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(enc.written(), 31);
+    }
+
+    #[test]
+    fn length_refuses_extra_and_missing_bytes() {
+        let mut enc = Encoder::new(Framing::Length(4));
+        let mut out = Vec::new();
+        enc.encode(b"abc", &mut out).unwrap();
+        assert_eq!(
+            enc.encode(b"de", &mut out),
+            Err(LengthMismatch {
+                declared: 4,
+                actual: 5
+            })
+        );
+        assert_eq!(out, b"abc");
+        assert_eq!(
+            enc.finish(&mut out),
+            Err(LengthMismatch {
+                declared: 4,
+                actual: 3
+            })
+        );
+        enc.encode(b"d", &mut out).unwrap();
+        enc.finish(&mut out).unwrap();
+        assert_eq!(out, b"abcd");
+    }
+
+    #[test]
+    fn no_body_framing_writes_nothing() {
+        let mut enc = Encoder::new(Framing::None);
+        let mut out = Vec::new();
+        enc.encode(b"ignored", &mut out).unwrap();
+        enc.finish(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+}

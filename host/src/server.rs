@@ -1,0 +1,139 @@
+//! Binding, the accept loop and the connection cap; one task per connection.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, error, info_span};
+
+use crate::config::{Config, Limits};
+use crate::proto::conn::Conn;
+use crate::wasm::engine::new_engine;
+use crate::wasm::guest::{Guest, LoadError};
+
+/// Pending connections the kernel queues while all are busy.
+const LISTEN_BACKLOG: u32 = 1024;
+/// Pause after a failed `accept` (out of file descriptors), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The web root is missing or not a directory.
+    #[error("web root {path} is not a readable directory: {reason}")]
+    Root {
+        /// The configured root.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The wasmtime engine could not be configured.
+    #[error("cannot configure the WebAssembly engine: {0:#}")]
+    Engine(wasmtime::Error),
+    /// The guest component could not be loaded.
+    #[error(transparent)]
+    Guest(#[from] LoadError),
+}
+
+/// Binds `addr` with `SO_REUSEADDR`, so a restarted server gets its port
+/// back at once even while old connections sit in `TIME_WAIT`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// What every connection of a server shares.
+pub(crate) struct Shared {
+    pub(crate) guest: Guest,
+    pub(crate) limits: Limits,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A configured server, ready to run on a listener.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Checks the web root and compiles the guest: every configuration
+    /// error surfaces here, before the server binds or takes a request.
+    pub fn new(config: Config) -> Result<Server, StartError> {
+        let root = config.root.canonicalize().map_err(|err| StartError::Root {
+            path: config.root.clone(),
+            reason: err.to_string(),
+        })?;
+        if !root.is_dir() {
+            return Err(StartError::Root {
+                path: config.root,
+                reason: "not a directory".into(),
+            });
+        }
+        let engine = new_engine(&config.limits).map_err(StartError::Engine)?;
+        let guest = Guest::load(&engine, &config.guest, &root, &config.limits)?;
+        Ok(Server {
+            shared: Arc::new(Shared {
+                guest,
+                limits: config.limits,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    /// Accepts and serves connections until `shutdown` completes.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let connections = Arc::new(Semaphore::new(self.shared.limits.max_connections));
+        tokio::pin!(shutdown);
+        loop {
+            // At the connection cap, stop accepting: new clients wait in the
+            // kernel's backlog instead of being refused.
+            let permit = tokio::select! {
+                () = &mut shutdown => return,
+                permit = connections.clone().acquire_owned() => {
+                    permit.expect("the connection semaphore is never closed")
+                }
+            };
+            let accepted = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    error!(cause = %err, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(local) = stream.local_addr() else {
+                continue;
+            };
+            let conn = Conn::new(stream, local, self.shared.clone());
+            tokio::spawn(
+                async move {
+                    conn.serve().await;
+                    drop(permit);
+                }
+                .instrument(info_span!("conn", %peer)),
+            );
+        }
+    }
+}

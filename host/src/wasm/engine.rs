@@ -1,0 +1,59 @@
+//! The wasmtime engine: pooling instance allocator sized by the limits, and
+//! epoch interruption driven by a ticker thread.
+
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::{Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::Limits;
+
+/// Epoch period. A running guest yields to the async runtime (and has its
+/// deadline checked) once per tick, so a looping guest cannot pin a worker
+/// thread for longer than this.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Core instances a component may create. A Rust wasip2 component uses
+/// the main module, the WASI adapter and a few shims.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Linear memories per component (the main module's, the adapter's).
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables per component.
+const TABLES_PER_COMPONENT: u32 = 8;
+
+/// Builds the engine shared by every guest of this server.
+pub fn new_engine(limits: &Limits) -> wasmtime::Result<Engine> {
+    let instances = limits.max_instances;
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_stacks(instances)
+        .max_memory_size(limits.guest_memory);
+
+    let mut config = wasmtime::Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    let engine = Engine::new(&config)?;
+    spawn_epoch_ticker(engine.weak());
+    Ok(engine)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+fn spawn_epoch_ticker(engine: EngineWeak) {
+    thread::Builder::new()
+        .name("wasm-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawn the epoch ticker thread");
+}

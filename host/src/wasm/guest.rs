@@ -1,0 +1,289 @@
+//! Loading a guest component and running one request through it.
+//!
+//! Every request gets a fresh instance from the pre-instantiated component
+//! (pooling allocator: a slot reuse, not an allocation), a WASI context
+//! with the web root preopened read-only at `/`, and a deadline: the guest
+//! has [`Limits::guest_timeout`] to produce its response head. Faults are
+//! mapped to a [`GuestError`] for that request only.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::config::{GuestSource, Limits};
+
+/// A guest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The component file could not be read.
+    #[error("cannot read guest component {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component, or it does not export
+    /// `wasi:http/incoming-handler`, or it imports what the host lacks.
+    #[error("invalid guest component {name}: {source:#}")]
+    Invalid {
+        /// The file, or "default guest".
+        name: String,
+        /// What wasmtime said.
+        source: wasmtime::Error,
+    },
+}
+
+/// Why a request got no response from the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The guest trapped (panic, `unreachable`, memory exhausted, ...).
+    #[error("guest trapped: {0:#}")]
+    Trap(wasmtime::Error),
+    /// The guest did not produce a response head in time.
+    #[error("guest timed out")]
+    Timeout,
+    /// The guest returned without setting a response.
+    #[error("guest returned without a response")]
+    NoResponse,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    #[error("guest answered with error {0:?}")]
+    ErrorCode(ErrorCode),
+    /// The host could not set up the request for the guest.
+    #[error("setting up the guest failed: {0:#}")]
+    Setup(wasmtime::Error),
+}
+
+impl GuestError {
+    /// The status the client gets: 504 for a timeout, 500 otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            GuestError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// A response whose body the guest may still be writing.
+pub type GuestResponse = http::Response<GuestBody>;
+
+/// A loaded, linked, pre-instantiated guest component.
+pub struct Guest {
+    pre: ProxyPre<GuestState>,
+    root: PathBuf,
+    timeout: Duration,
+    instances: Arc<Semaphore>,
+}
+
+impl Guest {
+    /// Compiles and links the component named by `source`.
+    pub fn load(
+        engine: &Engine,
+        source: &GuestSource,
+        root: &Path,
+        limits: &Limits,
+    ) -> Result<Guest, LoadError> {
+        let (name, bytes) = match source {
+            GuestSource::Default => ("default guest".to_owned(), crate::DEFAULT_GUEST.to_vec()),
+            GuestSource::File(path) => (
+                path.display().to_string(),
+                std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+        };
+        let invalid = |source| LoadError::Invalid {
+            name: name.clone(),
+            source,
+        };
+        let component = Component::new(engine, &bytes).map_err(invalid)?;
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(ProxyPre::new)
+            .map_err(invalid)?;
+        Ok(Guest {
+            pre,
+            root: root.to_owned(),
+            timeout: limits.guest_timeout,
+            instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
+        })
+    }
+
+    /// Runs `request` through a fresh instance.
+    ///
+    /// Returns once the guest has set its response head; the body streams
+    /// from the guest as the caller polls it.
+    pub async fn handle(
+        &self,
+        request: http::Request<Full<Bytes>>,
+    ) -> Result<GuestResponse, GuestError> {
+        let deadline = Instant::now() + self.timeout;
+        let permit = tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned())
+            .await
+            .map_err(|_| GuestError::Timeout)?
+            .expect("the instance semaphore is never closed");
+
+        let head_sent = Arc::new(AtomicBool::new(false));
+        let state =
+            GuestState::new(&self.root, deadline, head_sent.clone()).map_err(GuestError::Setup)?;
+        let mut store = Store::new(self.pre.engine(), state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            if !state.head_sent.load(Ordering::Relaxed) && Instant::now() >= state.head_deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let (sender, receiver) = oneshot::channel();
+        let setup = |store: &mut Store<GuestState>| {
+            let mut http = store.data_mut().http();
+            let request = http.new_incoming_request(Scheme::Http, request)?;
+            let outparam = http.new_response_outparam(sender)?;
+            wasmtime::Result::Ok((request, outparam))
+        };
+        let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
+        let pre = self.pre.clone();
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            let _permit = permit;
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await
+        }));
+
+        match tokio::time::timeout_at(deadline, receiver).await {
+            Ok(Ok(Ok(response))) => {
+                head_sent.store(true, Ordering::Relaxed);
+                Ok(response.map(|body| GuestBody { body, _task: task }))
+            }
+            Ok(Ok(Err(code))) => Err(GuestError::ErrorCode(code)),
+            // The outparam was dropped unset: the guest returned or trapped.
+            Ok(Err(_)) => match tokio::time::timeout_at(deadline, &mut task.0).await {
+                Err(_) => Err(GuestError::Timeout),
+                Ok(Ok(Ok(()))) => Err(GuestError::NoResponse),
+                Ok(Ok(Err(err))) => Err(classify(err)),
+                Ok(Err(join)) => Err(GuestError::Trap(wasmtime::Error::new(join))),
+            },
+            Err(_) => Err(GuestError::Timeout),
+        }
+    }
+}
+
+/// A trap raised by the epoch deadline is a timeout; anything else a fault.
+fn classify(err: wasmtime::Error) -> GuestError {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => GuestError::Timeout,
+        _ => GuestError::Trap(err),
+    }
+}
+
+/// Aborts the guest's task when the host is done with its response, so a
+/// guest that keeps running after its body was abandoned is stopped.
+struct AbortOnDrop(JoinHandle<wasmtime::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The body of a guest response; dropping it stops the guest.
+pub struct GuestBody {
+    body: HyperOutgoingBody,
+    _task: AbortOnDrop,
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// What a guest's store holds for one request.
+struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    /// When the guest must have set its response head by.
+    head_deadline: Instant,
+    /// Set by the host once the head arrived; the deadline then no longer applies.
+    head_sent: Arc<AtomicBool>,
+}
+
+impl GuestState {
+    fn new(
+        root: &Path,
+        head_deadline: Instant,
+        head_sent: Arc<AtomicBool>,
+    ) -> wasmtime::Result<Self> {
+        let mut wasi = WasiCtx::builder();
+        wasi.inherit_stdout()
+            .inherit_stderr()
+            .preopened_dir(root, "/", FsPerms::ReadOnly)?;
+        Ok(GuestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            head_deadline,
+            head_sent,
+        })
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: Default::default(),
+        }
+    }
+}

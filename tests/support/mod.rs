@@ -1,0 +1,256 @@
+//! Shared test harness: a real server on a loopback port, raw-socket
+//! clients that parse responses byte for byte, and web-root fixtures.
+
+#![allow(dead_code, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use wasmhttpd::{Config, GuestSource, Limits, Server};
+
+/// How long a test client waits on a socket before failing the test.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The demo web root in the repository.
+pub fn demo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../www")
+}
+
+/// The fault-injection guest built by `host/build.rs`.
+pub fn fault_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_FAULT_GUEST"))
+}
+
+/// Limits small enough that tests of the limits run quickly.
+pub fn test_limits() -> Limits {
+    Limits {
+        max_instances: 64,
+        ..Limits::default()
+    }
+}
+
+/// A server running on its own runtime thread; stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> TestServer {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            runtime.block_on(async move {
+                let server = Server::new(config).expect("server starts");
+                let listener = wasmhttpd::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+                let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+                ready_tx
+                    .send((listener.local_addr().unwrap(), stop_tx))
+                    .unwrap();
+                server
+                    .run(listener, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+            });
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        });
+        let (addr, stop) = ready_rx.recv().expect("server thread started");
+        TestServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The default guest on `root` with test limits.
+    pub fn static_files(root: &Path) -> TestServer {
+        TestServer::start(Config {
+            root: root.to_owned(),
+            guest: GuestSource::Default,
+            limits: test_limits(),
+        })
+    }
+
+    /// The fault guest with the given limits.
+    pub fn faults(limits: Limits) -> TestServer {
+        TestServer::start(Config {
+            root: demo_root(),
+            guest: GuestSource::File(fault_guest()),
+            limits,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Sends raw bytes on a new connection and reads one response.
+    pub fn exchange(&self, request: &[u8]) -> Response {
+        let mut stream = self.connect();
+        stream.write_all(request).expect("send");
+        let mut reader = BufReader::new(stream);
+        read_response(&mut reader, false)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A response as it came off the wire.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Header names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Whether the body was chunked on the wire.
+    pub chunked: bool,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Reads one response. `head_only`: the request was HEAD, no body follows.
+/// A body without length or chunking is read to EOF.
+pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
+    let mut head = Vec::new();
+    loop {
+        let n = reader.read_until(b'\n', &mut head).expect("read head");
+        assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(&head));
+        if head.ends_with(b"\r\n\r\n") {
+            break;
+        }
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let status = parsed.parse(&head).expect("valid response head");
+    assert!(status.is_complete());
+    assert_eq!(parsed.version, Some(1), "server speaks HTTP/1.1");
+    let headers: Vec<(String, String)> = parsed
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8(h.value.to_vec()).expect("ASCII header"),
+            )
+        })
+        .collect();
+    let mut response = Response {
+        status: parsed.code.unwrap(),
+        headers,
+        body: Vec::new(),
+        chunked: false,
+    };
+    if head_only || matches!(response.status, 100..=199 | 204 | 304) {
+        return response;
+    }
+    if let Some(length) = response.header("content-length") {
+        let length: usize = length.parse().expect("numeric Content-Length");
+        response.body = vec![0; length];
+        reader.read_exact(&mut response.body).expect("read body");
+    } else if response.header("transfer-encoding") == Some("chunked") {
+        response.chunked = true;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("chunk size");
+            let size = usize::from_str_radix(line.trim_end(), 16).expect("hex chunk size");
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).expect("chunk data");
+            assert_eq!(&chunk[size..], b"\r\n");
+            if size == 0 {
+                break;
+            }
+            response.body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        reader.read_to_end(&mut response.body).expect("body to EOF");
+    }
+    response
+}
+
+/// Asserts the server closed the connection (EOF, or a reset) without sending more.
+pub fn assert_closed(reader: &mut impl Read) {
+    let mut rest = Vec::new();
+    match reader.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "unexpected bytes after the response: {:?}", String::from_utf8_lossy(&rest)),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+}
+
+/// A real HTTP client that reports every status instead of failing on 4xx/5xx.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(CLIENT_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// GETs `url` with the real client; returns status, content type and body.
+pub fn get(agent: &ureq::Agent, url: &str) -> (u16, String, Vec<u8>) {
+    let mut response = agent.get(url).call().expect("request");
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
+        .expect("body");
+    (status, content_type, body)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a large file has no
+/// repeating pattern that a framing bug could hide in.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
