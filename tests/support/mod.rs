@@ -103,10 +103,7 @@ impl TestServer {
 
     /// Sends raw bytes on a new connection and reads one response.
     pub fn exchange(&self, request: &[u8]) -> Response {
-        let mut stream = self.connect();
-        stream.write_all(request).expect("send");
-        let mut reader = BufReader::new(stream);
-        read_response(&mut reader, false)
+        exchange_at(self.addr, request)
     }
 }
 
@@ -119,6 +116,14 @@ impl Drop for TestServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Sends raw bytes to `addr` on a new connection and reads one response.
+pub fn exchange_at(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    stream.write_all(request).expect("send");
+    read_response(&mut BufReader::new(stream), false)
 }
 
 /// A response as it came off the wire.
@@ -152,7 +157,11 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
     let mut head = Vec::new();
     loop {
         let n = reader.read_until(b'\n', &mut head).expect("read head");
-        assert!(n > 0, "connection closed before a full head: {:?}", String::from_utf8_lossy(&head));
+        assert!(
+            n > 0,
+            "connection closed before a full head: {:?}",
+            String::from_utf8_lossy(&head)
+        );
         if head.ends_with(b"\r\n\r\n") {
             break;
         }
@@ -209,7 +218,11 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
 pub fn assert_closed(reader: &mut impl Read) {
     let mut rest = Vec::new();
     match reader.read_to_end(&mut rest) {
-        Ok(_) => assert!(rest.is_empty(), "unexpected bytes after the response: {:?}", String::from_utf8_lossy(&rest)),
+        Ok(_) => assert!(
+            rest.is_empty(),
+            "unexpected bytes after the response: {:?}",
+            String::from_utf8_lossy(&rest)
+        ),
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
     }
 }

@@ -112,7 +112,7 @@ impl Conn {
                 ms = started.elapsed().as_secs_f64() * 1e3,
             );
             if !sent.keep_alive {
-                return self.close(false).await;
+                return self.close().await;
             }
         }
     }
@@ -360,26 +360,25 @@ impl Conn {
                     .await
                     .is_ok()
                 {
-                    self.close(true).await;
+                    self.close().await;
                 }
             }
             None => debug!(cause = %err, "closing connection"),
         }
     }
 
-    /// Closes the connection. With `linger`, unread request bytes are
-    /// drained for a moment first so the response is not lost to a reset.
-    async fn close(mut self, linger: bool) {
+    /// Closes the connection: sends FIN, then drains what the client still
+    /// sends for a moment, so unread request bytes do not turn the close
+    /// into a reset that destroys the response before the client reads it.
+    async fn close(mut self) {
         let _ = self.io.shutdown().await;
-        if linger {
-            let mut sink = vec![0; READ_CHUNK];
-            let mut drained = 0;
-            let deadline = Instant::now() + LINGER;
-            while drained < LINGER_BYTES {
-                match timeout_at(deadline, self.io.read(&mut sink)).await {
-                    Ok(Ok(n)) if n > 0 => drained += n,
-                    _ => break,
-                }
+        let mut sink = vec![0; READ_CHUNK];
+        let mut drained = 0;
+        let deadline = Instant::now() + LINGER;
+        while drained < LINGER_BYTES {
+            match timeout_at(deadline, self.io.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
             }
         }
     }

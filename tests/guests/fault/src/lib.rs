@@ -26,7 +26,7 @@ mod bindings {
 use bindings::exports::wasi::http::incoming_handler::Guest;
 use bindings::wasi::clocks::monotonic_clock;
 use bindings::wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::StreamError;
 
@@ -122,7 +122,15 @@ fn write_all(
 }
 
 fn echo(request: IncomingRequest, outparam: ResponseOutparam) {
-    let method = format!("{:?}", request.method());
+    let method = match request.method() {
+        Method::Get => "GET".to_owned(),
+        Method::Head => "HEAD".to_owned(),
+        Method::Post => "POST".to_owned(),
+        Method::Put => "PUT".to_owned(),
+        Method::Delete => "DELETE".to_owned(),
+        Method::Other(other) => other,
+        other => format!("{other:?}").to_uppercase(),
+    };
     let incoming = request.consume().unwrap();
     let input = incoming.stream().unwrap();
     let mut body = Vec::new();

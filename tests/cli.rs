@@ -1,0 +1,279 @@
+//! The `wasmhttpd` binary as users run it, and the default guest under the
+//! real `wasmtime serve`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use support::{client, demo_root, fault_guest, get};
+
+/// A child process killed when dropped.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+fn wasmhttpd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhttpd"));
+    command
+        .env("RUST_LOG", "warn")
+        .env_remove("WASMHTTPD_LISTEN");
+    command
+}
+
+/// Starts a server process and waits for the `listening on http://ADDR/` line.
+fn start(command: &mut Command, marker: &str) -> Running {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("server exited before printing {marker:?}"))
+            .unwrap();
+        if let Some(rest) = line.split(marker).nth(1) {
+            let addr = rest.trim().trim_end_matches('/');
+            break addr
+                .replace("0.0.0.0", "127.0.0.1")
+                .parse()
+                .expect("address");
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, addr }
+}
+
+fn start_wasmhttpd(args: &[&str]) -> Running {
+    start(
+        wasmhttpd().args(["--listen", "127.0.0.1:0"]).args(args),
+        "listening on http://",
+    )
+}
+
+/// Runs the binary expecting it to refuse to start; returns its stderr.
+fn startup_failure(args: &[&str]) -> String {
+    let output = wasmhttpd().args(args).output().expect("run wasmhttpd");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "should fail: {args:?}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an error exit, not a crash: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn serves_the_demo_site_on_the_port_it_prints() {
+    let root = demo_root();
+    let server = start_wasmhttpd(&["--root", root.to_str().unwrap()]);
+    assert_ne!(server.addr.port(), 0);
+    let (status, content_type, body) = get(&client(), &server.url("/"));
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert_eq!(body, std::fs::read(root.join("index.html")).unwrap());
+}
+
+#[test]
+fn a_missing_root_is_a_startup_error() {
+    let stderr = startup_failure(&["--listen", "127.0.0.1:0", "--root", "/no/such/web/root"]);
+    assert!(stderr.contains("/no/such/web/root"), "{stderr}");
+    assert!(!stderr.contains("listening on"), "{stderr}");
+}
+
+#[test]
+fn unreadable_and_invalid_components_are_startup_errors() {
+    let root = demo_root();
+    let root = root.to_str().unwrap();
+    let stderr = startup_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        root,
+        "--guest",
+        "/no/such/guest.wasm",
+    ]);
+    assert!(
+        stderr.contains("cannot read guest component /no/such/guest.wasm"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm this is not a component").unwrap();
+    let stderr = startup_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        root,
+        "--guest",
+        garbage.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("invalid guest component"), "{stderr}");
+
+    // A valid core module that is not a wasi:http component.
+    let module = dir.path().join("module.wasm");
+    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
+    let stderr = startup_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        root,
+        "--guest",
+        module.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("invalid guest component"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_a_startup_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let root = demo_root();
+    let stderr = startup_failure(&["--listen", &addr, "--root", root.to_str().unwrap()]);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn restarts_on_the_same_port_at_once() {
+    let root = demo_root();
+    let root = root.to_str().unwrap();
+    let first = start_wasmhttpd(&["--root", root]);
+    let addr = first.addr;
+    // Requests that the server closes leave its side of the connections in
+    // TIME_WAIT, which blocks a plain bind of the port.
+    for _ in 0..5 {
+        let response = support::exchange_at(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(response.status, 200);
+    }
+    drop(first);
+    let second = start_wasmhttpd_at(&addr.to_string(), root);
+    assert_eq!(second.addr, addr);
+    assert_eq!(get(&client(), &second.url("/")).0, 200);
+}
+
+fn start_wasmhttpd_at(listen: &str, root: &str) -> Running {
+    start(
+        wasmhttpd().args(["--listen", listen, "--root", root]),
+        "listening on http://",
+    )
+}
+
+#[test]
+fn runs_another_component_with_guest() {
+    let root = demo_root();
+    let guest = fault_guest();
+    let server = start_wasmhttpd(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--guest",
+        guest.to_str().unwrap(),
+    ]);
+    let (status, _, body) = get(&client(), &server.url("/ok"));
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    // The static-file guest is not in play: the demo page is not served.
+    assert_eq!(get(&client(), &server.url("/index.html")).0, 404);
+}
+
+/// The `wasmtime` CLI: on PATH or in cargo's bin directory.
+fn wasmtime_cli() -> Option<PathBuf> {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+        .map(|home| home.join("bin/wasmtime"));
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("wasmtime"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.or(cargo_bin.filter(|p| p.is_file()))
+}
+
+#[test]
+fn the_default_guest_runs_under_wasmtime_serve() {
+    let Some(wasmtime) = wasmtime_cli() else {
+        // CI installs wasmtime-cli (see .ci/run); there its absence is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "wasmtime is not installed"
+        );
+        eprintln!(
+            "skipped: `wasmtime` is not installed (cargo install wasmtime-cli --version 48.0.8 --locked)"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest.wasm");
+    std::fs::write(&guest, wasmhttpd::DEFAULT_GUEST).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let root = demo_root();
+    let server = start(
+        Command::new(wasmtime)
+            .arg("serve")
+            .args(["-S", "cli", "--addr", &format!("127.0.0.1:{port}")])
+            .arg("--dir")
+            .arg(format!("{}::/", root.display()))
+            .arg(&guest),
+        "Serving HTTP on http://",
+    );
+    let agent = client();
+    for path in [
+        "/",
+        "/index.html",
+        "/register.html",
+        "/img/sandbox.png",
+        "/css/site.css",
+    ] {
+        let (status, _, body) = get(&agent, &server.url(path));
+        assert_eq!(status, 200, "{path}");
+        let file = if path == "/" {
+            "index.html"
+        } else {
+            &path[1..]
+        };
+        assert_eq!(body, std::fs::read(root.join(file)).unwrap(), "{path}");
+    }
+    let (status, content_type, _) = get(&agent, &server.url("/missing.html"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (404, "text/html; charset=utf-8")
+    );
+    assert_eq!(get(&agent, &server.url("/img")).0, 301);
+    let response = support::exchange_at(
+        server.addr,
+        b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert!(matches!(response.status, 400 | 404), "{}", response.status);
+}

@@ -1,0 +1,147 @@
+//! Guest faults fail their own request and nothing else: loops and hangs
+//! get 504 at the deadline, traps and memory exhaustion get 500, and a
+//! guest that breaks its body after the head gets its connection closed.
+
+mod support;
+
+use std::io::{BufReader, Read, Write};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
+
+use support::{TestServer, assert_closed, client, get, read_response, test_limits};
+use wasmhttpd::Limits;
+
+fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        TestServer::faults(Limits {
+            guest_timeout: Duration::from_secs(1),
+            guest_memory: 16 << 20,
+            ..test_limits()
+        })
+    })
+}
+
+fn status_of(path: &str) -> u16 {
+    get(&client(), &server().url(path)).0
+}
+
+#[test]
+fn a_looping_guest_gets_504_and_others_are_still_served() {
+    let looping: Vec<_> = (0..4)
+        .map(|_| thread::spawn(|| status_of("/loop")))
+        .collect();
+    // While four instances spin, other requests are answered.
+    for _ in 0..10 {
+        let (status, _, body) = get(&client(), &server().url("/ok"));
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    }
+    for handle in looping {
+        assert_eq!(handle.join().unwrap(), 504);
+    }
+    assert_eq!(status_of("/ok"), 200);
+}
+
+#[test]
+fn a_guest_blocked_in_a_host_call_gets_504() {
+    assert_eq!(status_of("/sleep"), 504);
+    assert_eq!(status_of("/ok"), 200);
+}
+
+#[test]
+fn a_trapping_guest_gets_500_and_the_connection_stays_usable() {
+    let mut stream = server().connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    for path in ["/trap", "/ok", "/trap", "/ok"] {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let response = read_response(&mut reader, false);
+        let expected = if path == "/trap" { 500 } else { 200 };
+        assert_eq!(response.status, expected, "{path}");
+    }
+}
+
+#[test]
+fn a_guest_that_exhausts_its_memory_gets_500() {
+    for _ in 0..3 {
+        assert_eq!(status_of("/alloc"), 500);
+        assert_eq!(status_of("/ok"), 200);
+    }
+}
+
+#[test]
+fn a_guest_that_never_sets_a_response_gets_500() {
+    assert_eq!(status_of("/no-response"), 500);
+    assert_eq!(status_of("/ok"), 200);
+}
+
+/// The head promised 100 bytes; 10 came. The client must see the
+/// connection end rather than a keep-alive stream it cannot frame.
+fn assert_truncated_then_closed(path: &str) {
+    let mut stream = server().connect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    match stream.read_to_end(&mut raw) {
+        Ok(_) => {}
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset),
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 100\r\n"), "{text}");
+    let body = &raw[raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body, b"0123456789", "no bytes of the next response follow");
+    assert_eq!(status_of("/ok"), 200);
+}
+
+#[test]
+fn a_trap_after_the_head_closes_the_connection() {
+    assert_truncated_then_closed("/trap-after-head");
+}
+
+#[test]
+fn a_body_shorter_than_its_content_length_closes_the_connection() {
+    assert_truncated_then_closed("/short-body");
+}
+
+#[test]
+fn faults_under_concurrency_leave_healthy_requests_untouched() {
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            thread::spawn(move || {
+                let agent = client();
+                for _ in 0..10 {
+                    let path = ["/trap", "/alloc", "/ok", "/no-response"][i % 4];
+                    let (status, _, body) = get(&agent, &server().url(path));
+                    if path == "/ok" {
+                        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+                    } else {
+                        assert_eq!(status, 500, "{path}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+}
+
+#[test]
+fn a_streamed_body_arrives_intact_after_faults() {
+    assert_eq!(status_of("/trap"), 500);
+    let mut stream = server().connect();
+    stream
+        .write_all(b"GET /stream?n=5&ms=5 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, false);
+    assert_eq!(
+        response.text(),
+        "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n"
+    );
+    assert_closed(&mut reader);
+}

@@ -1,0 +1,286 @@
+//! The default guest serving a web root: index pages, redirects, types,
+//! error pages, large and odd files, and traversal attempts.
+
+mod support;
+
+use std::io::{BufReader, Write};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use support::{TestServer, client, demo_root, get, noise, read_response};
+
+/// Bytes outside the web root that no request may ever return.
+const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-ROOT";
+/// Size of the large file: several MiB, so it cannot fit one buffer anywhere.
+const LARGE: usize = 5 * 1024 * 1024 + 123;
+
+/// A temporary tree: `secret.txt` beside `root/`, and `root/` full of cases.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    server: TestServer,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.txt"), SECRET).unwrap();
+        let root = dir.path().join("root");
+        build_root(&root, dir.path());
+        let server = TestServer::static_files(&root);
+        Fixture { _dir: dir, server }
+    })
+}
+
+fn build_root(root: &Path, outside: &Path) {
+    let write = |path: &str, bytes: &[u8]| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    };
+    write("index.html", b"<h1>root index</h1>");
+    write("docs/index.html", b"<h1>docs index</h1>");
+    write("empty-dir/.keep", b"");
+    write("large.bin", &noise(LARGE, 42));
+    write("empty.txt", b"");
+    write("café.txt", "crème brûlée".as_bytes());
+    write("a b.txt", b"space");
+    write("data.json", b"{\"ok\":true}");
+    write("script.js", b"console.log(1)");
+    write("style.css", b"body{}");
+    write(
+        "pic.png",
+        &std::fs::read(demo_root().join("img/sandbox.png")).unwrap(),
+    );
+    write("%2e%2e", b"a file literally named %2e%2e");
+    std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("leak.txt")).unwrap();
+    std::os::unix::fs::symlink(outside, root.join("outside")).unwrap();
+    std::os::unix::fs::symlink("docs/index.html", root.join("inside-link.html")).unwrap();
+    let fifo = root.join("pipe");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfifo");
+}
+
+fn fetch(path: &str) -> (u16, String, Vec<u8>) {
+    get(&client(), &fixture().server.url(path))
+}
+
+/// Sends a raw request line (the client crate would normalise the path).
+fn raw(target: &str) -> support::Response {
+    fixture().server.exchange(
+        format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+#[test]
+fn root_serves_index_html() {
+    let (status, content_type, body) = fetch("/");
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert_eq!(body, b"<h1>root index</h1>");
+}
+
+#[test]
+fn directory_with_slash_serves_its_index() {
+    let (status, _, body) = fetch("/docs/");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"<h1>docs index</h1>");
+}
+
+#[test]
+fn directory_without_slash_redirects_to_the_slash_form() {
+    let response = raw("/docs?x=1");
+    assert_eq!(response.status, 301);
+    assert_eq!(response.header("location"), Some("/docs/?x=1"));
+    let response = raw("//docs");
+    assert_eq!(
+        response.header("location"),
+        Some("/docs/"),
+        "never protocol-relative"
+    );
+}
+
+#[test]
+fn directory_without_index_is_404() {
+    assert_eq!(fetch("/empty-dir/").0, 404);
+}
+
+#[test]
+fn content_types_for_common_files() {
+    for (path, expected) in [
+        ("/data.json", "application/json; charset=utf-8"),
+        ("/script.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/pic.png", "image/png"),
+        ("/large.bin", "application/octet-stream"),
+        ("/empty.txt", "text/plain; charset=utf-8"),
+    ] {
+        let (status, content_type, _) = fetch(path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(content_type, expected, "{path}");
+    }
+}
+
+#[test]
+fn a_multi_mib_file_arrives_byte_for_byte() {
+    let expected = noise(LARGE, 42);
+    let (status, _, body) = fetch("/large.bin");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected, "large body differs");
+    // And over a raw keep-alive connection, twice, with exact framing.
+    let mut stream = fixture().server.connect();
+    stream
+        .write_all(
+            b"GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\nGET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    for _ in 0..2 {
+        let response = read_response(&mut reader, false);
+        assert_eq!(
+            response.header("content-length"),
+            Some(LARGE.to_string().as_str())
+        );
+        assert!(response.body == expected, "large body differs");
+    }
+}
+
+#[test]
+fn binary_and_empty_files() {
+    let (status, _, body) = fetch("/pic.png");
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        std::fs::read(demo_root().join("img/sandbox.png")).unwrap()
+    );
+    let response = raw("/empty.txt");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-length"), Some("0"));
+    assert!(response.body.is_empty());
+}
+
+#[test]
+fn utf8_and_encoded_file_names() {
+    let (status, _, body) = fetch("/caf%C3%A9.txt");
+    assert_eq!(status, 200);
+    assert_eq!(body, "crème brûlée".as_bytes());
+    assert_eq!(fetch("/a%20b.txt").2, b"space");
+    assert_eq!(fetch("/data.json?cache=1#frag").0, 200);
+}
+
+#[test]
+fn missing_files_get_a_404_page() {
+    let response = raw("/no/such/page.html");
+    assert_eq!(response.status, 404);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(response.text().contains("404 Not Found"));
+}
+
+#[test]
+fn a_custom_404_page_keeps_the_404_status() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("404.html"), "<p>custom not found</p>").unwrap();
+    let server = TestServer::static_files(dir.path());
+    let (status, content_type, body) = get(&client(), &server.url("/nothing"));
+    assert_eq!(status, 404);
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    assert_eq!(body, b"<p>custom not found</p>");
+}
+
+#[test]
+fn methods_other_than_get_and_head_are_405() {
+    for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
+        let response = fixture().server.exchange(
+            format!("{method} /index.html HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(response.status, 405, "{method}");
+        assert_eq!(response.header("allow"), Some("GET, HEAD"), "{method}");
+    }
+}
+
+#[test]
+fn fifos_are_not_served_and_do_not_hang() {
+    let response = raw("/pipe");
+    assert_eq!(response.status, 404);
+    assert_eq!(fetch("/").0, 200, "the guest is still serving");
+}
+
+#[test]
+fn symlinks_inside_the_root_are_followed() {
+    let (status, _, body) = fetch("/inside-link.html");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"<h1>docs index</h1>");
+}
+
+#[test]
+fn traversal_never_reaches_outside_the_root() {
+    let attempts = [
+        "/../secret.txt",
+        "/../../secret.txt",
+        "/docs/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E%2Fsecret.txt",
+        "/docs/%2e%2e/%2e%2e/secret.txt",
+        "/%252e%252e/secret.txt",
+        "/..%5csecret.txt",
+        "/..\\secret.txt",
+        "/%5c..%5c..%5csecret.txt",
+        "/leak.txt",
+        "/outside/secret.txt",
+        "/outside/",
+        "/index.html%00.png",
+        "/%00",
+        "/%zz",
+        "/%e0%80%ae%e0%80%ae/secret.txt",
+        "/%c0%ae%c0%ae/secret.txt",
+    ];
+    for target in attempts {
+        let response = raw(target);
+        assert!(
+            matches!(response.status, 400 | 404),
+            "{target} answered {}",
+            response.status
+        );
+        assert!(
+            !response.text().contains(SECRET),
+            "{target} leaked the secret"
+        );
+    }
+    // Double encoding is decoded once: it names a file literally called %2e%2e.
+    let response = raw("/%252e%252e");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "a file literally named %2e%2e");
+}
+
+#[test]
+fn the_demo_site_is_complete() {
+    let agent = client();
+    let server = TestServer::static_files(&demo_root());
+    let (status, _, index) = get(&agent, &server.url("/"));
+    assert_eq!(status, 200);
+    let index = String::from_utf8(index).unwrap();
+    for asset in [
+        "/css/site.css",
+        "/js/site.js",
+        "/img/logo.svg",
+        "/img/sandbox.png",
+        "/register.html",
+    ] {
+        assert!(index.contains(asset), "index.html links {asset}");
+        let (status, _, body) = get(&agent, &server.url(asset));
+        assert_eq!(status, 200, "{asset}");
+        let on_disk = std::fs::read(demo_root().join(&asset[1..])).unwrap();
+        assert_eq!(body, on_disk, "{asset}");
+    }
+    let (_, _, register) = get(&agent, &server.url("/register.html"));
+    let register = String::from_utf8(register).unwrap();
+    assert!(register.contains("<form") && register.contains("method=\"post\""));
+}
