@@ -103,18 +103,16 @@ fn a_missing_root_is_a_startup_error() {
     assert!(!stderr.contains("listening on"), "{stderr}");
 }
 
+/// Runs with `--guest guest` on the demo root, expecting a startup error.
+fn guest_startup_failure(guest: &Path) -> String {
+    let root = demo_root();
+    let (root, guest) = (root.to_str().unwrap(), guest.to_str().unwrap());
+    startup_failure(&["--listen", "127.0.0.1:0", "--root", root, "--guest", guest])
+}
+
 #[test]
 fn unreadable_and_invalid_components_are_startup_errors() {
-    let root = demo_root();
-    let root = root.to_str().unwrap();
-    let stderr = startup_failure(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        root,
-        "--guest",
-        "/no/such/guest.wasm",
-    ]);
+    let stderr = guest_startup_failure(Path::new("/no/such/guest.wasm"));
     assert!(
         stderr.contains("cannot read guest component /no/such/guest.wasm"),
         "{stderr}"
@@ -123,27 +121,13 @@ fn unreadable_and_invalid_components_are_startup_errors() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.wasm");
     std::fs::write(&garbage, b"\0asm this is not a component").unwrap();
-    let stderr = startup_failure(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        root,
-        "--guest",
-        garbage.to_str().unwrap(),
-    ]);
+    let stderr = guest_startup_failure(&garbage);
     assert!(stderr.contains("invalid guest component"), "{stderr}");
 
     // A valid core module that is not a wasi:http component.
     let module = dir.path().join("module.wasm");
     std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
-    let stderr = startup_failure(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--root",
-        root,
-        "--guest",
-        module.to_str().unwrap(),
-    ]);
+    let stderr = guest_startup_failure(&module);
     assert!(stderr.contains("invalid guest component"), "{stderr}");
 }
 
