@@ -254,7 +254,12 @@ fn the_default_guest_runs_under_wasmtime_serve() {
         (status, content_type.as_str()),
         (404, "text/html; charset=utf-8")
     );
-    assert_eq!(get(&agent, &server.url("/img")).0, 301);
+    let redirect = support::exchange_at(
+        server.addr,
+        b"GET /img HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(redirect.status, 301);
+    assert_eq!(redirect.header("location"), Some("/img/"));
     let response = support::exchange_at(
         server.addr,
         b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
