@@ -281,7 +281,13 @@ impl Conn {
                 }
             };
             match frame {
-                None => break encoder.finish(&mut self.out).is_ok(),
+                None => match encoder.finish(&mut self.out) {
+                    Ok(()) => break true,
+                    Err(err) => {
+                        warn!(%status, cause = %err, "guest body fell short of its Content-Length");
+                        break false;
+                    }
+                },
                 Some(Err(err)) => {
                     warn!(%status, cause = ?err, "guest body failed");
                     break false;
