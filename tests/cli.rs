@@ -260,6 +260,18 @@ fn the_default_guest_runs_under_wasmtime_serve() {
     );
     assert_eq!(redirect.status, 301);
     assert_eq!(redirect.header("location"), Some("/img/"));
+    // Validators and conditional requests behave as in wasmhttpd.
+    let first = support::exchange_at(
+        server.addr,
+        b"GET /index.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let etag = first.header("etag").expect("ETag under wasmtime serve");
+    let conditional = format!(
+        "GET /index.html HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    );
+    let response = support::exchange_at(server.addr, conditional.as_bytes());
+    assert_eq!(response.status, 304);
+    assert!(response.body.is_empty());
     let response = support::exchange_at(
         server.addr,
         b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

@@ -53,6 +53,13 @@ fn build_root(root: &Path, outside: &Path) {
         &std::fs::read(demo_root().join("img/sandbox.png")).unwrap(),
     );
     write("%2e%2e", b"a file literally named %2e%2e");
+    write(".env", SECRET.as_bytes());
+    write(".git/config", SECRET.as_bytes());
+    write("docs/.htpasswd", SECRET.as_bytes());
+    write(
+        ".well-known/security.txt",
+        b"Contact: mailto:security@example.com",
+    );
     std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("leak.txt")).unwrap();
     std::os::unix::fs::symlink(outside, root.join("outside")).unwrap();
     std::os::unix::fs::symlink("docs/index.html", root.join("inside-link.html")).unwrap();
@@ -73,6 +80,18 @@ fn raw(target: &str) -> support::Response {
     fixture().server.exchange(
         format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
     )
+}
+
+/// Sends a GET (or `method`) with extra header lines on a new connection.
+fn request(method: &str, target: &str, headers: &str) -> support::Response {
+    let raw =
+        format!("{method} {target} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+    let mut stream = fixture().server.connect();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, method == "HEAD");
+    support::assert_closed(&mut reader);
+    response
 }
 
 #[test]
@@ -283,4 +302,145 @@ fn the_demo_site_is_complete() {
     let (_, _, register) = get(&agent, &server.url("/register.html"));
     let register = String::from_utf8(register).unwrap();
     assert!(register.contains("<form") && register.contains("method=\"post\""));
+}
+
+#[test]
+fn file_responses_carry_validators_and_nosniff() {
+    let response = raw("/data.json");
+    assert_eq!(response.status, 200);
+    let etag = response.header("etag").expect("ETag");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && !etag.starts_with("W/"),
+        "{etag}"
+    );
+    let modified = response.header("last-modified").expect("Last-Modified");
+    let modified = httpdate::parse_http_date(modified).unwrap();
+    let on_disk = std::fs::metadata(fixture_root().join("data.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let skew = on_disk.duration_since(modified).unwrap();
+    assert!(
+        skew < std::time::Duration::from_secs(1),
+        "Last-Modified is the file's mtime"
+    );
+    assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        raw("/missing").header("x-content-type-options"),
+        Some("nosniff")
+    );
+}
+
+fn fixture_root() -> std::path::PathBuf {
+    fixture()._dir.path().join("root")
+}
+
+#[test]
+fn if_none_match_gives_304_without_a_body() {
+    let etag = raw("/data.json").header("etag").unwrap().to_owned();
+    for method in ["GET", "HEAD"] {
+        let response = request(method, "/data.json", &format!("If-None-Match: {etag}\r\n"));
+        assert_eq!(response.status, 304, "{method}");
+        assert_eq!(response.header("etag"), Some(etag.as_str()));
+        assert!(response.header("last-modified").is_some());
+        assert_eq!(response.header("content-length"), None);
+    }
+    let response = request("GET", "/data.json", "If-None-Match: *\r\n");
+    assert_eq!(response.status, 304);
+    let listed = format!("If-None-Match: \"other\", {etag}\r\n");
+    assert_eq!(request("GET", "/data.json", &listed).status, 304);
+    let response = request("GET", "/data.json", "If-None-Match: \"other\"\r\n");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"{\"ok\":true}");
+}
+
+#[test]
+fn if_modified_since() {
+    let modified = raw("/data.json")
+        .header("last-modified")
+        .unwrap()
+        .to_owned();
+    let response = request(
+        "GET",
+        "/data.json",
+        &format!("If-Modified-Since: {modified}\r\n"),
+    );
+    assert_eq!(response.status, 304);
+    let response = request(
+        "GET",
+        "/data.json",
+        "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n",
+    );
+    assert_eq!(response.status, 200);
+    let response = request("GET", "/data.json", "If-Modified-Since: not a date\r\n");
+    assert_eq!(response.status, 200);
+    // If-None-Match takes precedence: a mismatched tag means the file is sent.
+    let response = request(
+        "GET",
+        "/data.json",
+        &format!("If-None-Match: \"other\"\r\nIf-Modified-Since: {modified}\r\n"),
+    );
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn failed_if_match_and_if_unmodified_since_are_412() {
+    let etag = raw("/data.json").header("etag").unwrap().to_owned();
+    assert_eq!(
+        request("GET", "/data.json", "If-Match: \"other\"\r\n").status,
+        412
+    );
+    assert_eq!(
+        request("GET", "/data.json", &format!("If-Match: W/{etag}\r\n")).status,
+        412
+    );
+    assert_eq!(
+        request("GET", "/data.json", &format!("If-Match: {etag}\r\n")).status,
+        200
+    );
+    assert_eq!(request("GET", "/data.json", "If-Match: *\r\n").status, 200);
+    let old = "If-Unmodified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n";
+    assert_eq!(request("GET", "/data.json", old).status, 412);
+    assert_eq!(request("HEAD", "/data.json", old).status, 412);
+}
+
+#[test]
+fn the_etag_changes_when_the_file_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, "first").unwrap();
+    let server = TestServer::static_files(dir.path());
+    let fetch_etag = || {
+        let response =
+            support::exchange_at(server.addr, b"GET /note.txt HTTP/1.1\r\nHost: t\r\n\r\n");
+        (response.header("etag").unwrap().to_owned(), response.text())
+    };
+    let (before, body) = fetch_etag();
+    assert_eq!(body, "first");
+    std::fs::write(&file, "second version").unwrap();
+    let (after, body) = fetch_etag();
+    assert_eq!(body, "second version");
+    assert_ne!(before, after);
+    let stale = format!("GET /note.txt HTTP/1.1\r\nHost: t\r\nIf-None-Match: {before}\r\n\r\n");
+    let response = support::exchange_at(server.addr, stale.as_bytes());
+    assert_eq!(response.status, 200);
+}
+
+#[test]
+fn dotfiles_are_hidden_but_well_known_is_served() {
+    for target in [
+        "/.env",
+        "/.git/config",
+        "/.git/",
+        "/docs/.htpasswd",
+        "/%2eenv",
+        "/docs/../.env",
+    ] {
+        let response = raw(target);
+        assert_eq!(response.status, 404, "{target}");
+        assert!(!response.text().contains(SECRET), "{target} leaked");
+    }
+    let (status, _, body) = fetch("/.well-known/security.txt");
+    assert_eq!(status, 200);
+    assert_eq!(body, b"Contact: mailto:security@example.com");
 }

@@ -8,8 +8,10 @@
 //!
 //! Layout:
 //! - [`path`]: request target → path below the root (decoding, `..`, NUL).
+//! - [`conditional`]: ETag / Last-Modified and conditional requests.
 //! - this file: the `wasi:http/incoming-handler` export and the responses.
 
+pub mod conditional;
 pub mod path;
 
 #[allow(missing_docs, unsafe_code)]
@@ -31,6 +33,7 @@ use bindings::wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::{OutputStream, StreamError};
+use conditional::{Conditions, Outcome, Validators};
 
 /// The most a single `blocking-write-and-flush` call may carry (wasi:io).
 const MAX_WRITE: usize = 4096;
@@ -40,6 +43,8 @@ const SPLICE_CHUNK: u64 = 256 * 1024;
 const INDEX: &str = "index.html";
 /// The root's optional custom not-found page.
 const NOT_FOUND_PAGE: &str = "404.html";
+/// The one dot-directory that is served: RFC 8615 well-known URIs.
+const WELL_KNOWN: &str = ".well-known";
 
 struct Component;
 
@@ -67,22 +72,26 @@ enum Reply {
         file: Descriptor,
         size: u64,
         content_type: String,
+        validators: Validators,
     },
     /// A small generated body.
     Page {
         status: u16,
         headers: Vec<(&'static str, String)>,
-        content_type: &'static str,
+        content_type: String,
         body: Vec<u8>,
     },
 }
+
+/// The content type of generated pages.
+const HTML: &str = "text/html; charset=utf-8";
 
 fn respond(request: &IncomingRequest) -> Reply {
     if !matches!(request.method(), Method::Get | Method::Head) {
         return Reply::Page {
             status: 405,
             headers: vec![("allow", "GET, HEAD".to_owned())],
-            content_type: "text/html; charset=utf-8",
+            content_type: HTML.to_owned(),
             body: error_page(405, "Method Not Allowed", "This resource can only be read."),
         };
     }
@@ -94,7 +103,12 @@ fn respond(request: &IncomingRequest) -> Reply {
         Ok(resolved) => resolved,
         Err(err) => return error_reply(400, "Bad Request", &err.to_string()),
     };
-    match stat(&root, &resolved.relative()) {
+    // Dotfiles (.git/, .env, .htpasswd) are private to the site.
+    let hidden = |segment: &String| segment.starts_with('.') && segment != WELL_KNOWN;
+    if resolved.segments.iter().any(hidden) {
+        return not_found(&root);
+    }
+    let reply = match stat(&root, &resolved.relative()) {
         Some(DescriptorType::Directory) if !resolved.trailing_slash => {
             let mut location = resolved.directory_url();
             if let Some((_, query)) = target.split_once('?') {
@@ -104,7 +118,7 @@ fn respond(request: &IncomingRequest) -> Reply {
             Reply::Page {
                 status: 301,
                 headers: vec![("location", location)],
-                content_type: "text/html; charset=utf-8",
+                content_type: HTML.to_owned(),
                 body: error_page(301, "Moved Permanently", "This directory has moved."),
             }
         }
@@ -117,7 +131,61 @@ fn respond(request: &IncomingRequest) -> Reply {
         }
         // Missing, a symlink that leaves the root, a FIFO, a device: none is served.
         _ => not_found(&root),
+    };
+    match reply {
+        Reply::File {
+            status: 200,
+            ref validators,
+            ref content_type,
+            ..
+        } => {
+            let safe = matches!(request.method(), Method::Get | Method::Head);
+            match conditions(request).evaluate(validators, safe) {
+                Outcome::Proceed => reply,
+                Outcome::NotModified => Reply::Page {
+                    status: 304,
+                    headers: validator_headers(validators),
+                    content_type: content_type.clone(),
+                    body: Vec::new(),
+                },
+                Outcome::PreconditionFailed => error_reply(
+                    412,
+                    "Precondition Failed",
+                    "The resource does not match the request's preconditions.",
+                ),
+            }
+        }
+        reply => reply,
     }
+}
+
+/// The request's conditional headers.
+fn conditions(request: &IncomingRequest) -> Conditions {
+    let headers = request.headers();
+    let field = |name: &str| {
+        let values = headers.get(name);
+        (!values.is_empty()).then(|| {
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    };
+    Conditions {
+        if_match: field("if-match"),
+        if_none_match: field("if-none-match"),
+        if_modified_since: field("if-modified-since"),
+        if_unmodified_since: field("if-unmodified-since"),
+    }
+}
+
+fn validator_headers(validators: &Validators) -> Vec<(&'static str, String)> {
+    let mut headers = vec![("etag", validators.etag.clone())];
+    if let Some(date) = validators.last_modified() {
+        headers.push(("last-modified", date));
+    }
+    headers
 }
 
 /// The preopened web root: the directory mounted at `/`, else the first one.
@@ -151,11 +219,15 @@ fn open_file(root: &Descriptor, relative: &str, status: u16) -> Option<Reply> {
     if meta.type_ != DescriptorType::RegularFile {
         return None;
     }
+    let modified = meta
+        .data_modification_timestamp
+        .map(|t| (t.seconds, t.nanoseconds));
     Some(Reply::File {
         status,
         file,
         size: meta.size,
         content_type: content_type(relative),
+        validators: Validators::new(meta.size, modified),
     })
 }
 
@@ -184,7 +256,7 @@ fn error_reply(status: u16, title: &str, detail: &str) -> Reply {
     Reply::Page {
         status,
         headers: Vec::new(),
-        content_type: "text/html; charset=utf-8",
+        content_type: HTML.to_owned(),
         body: error_page(status, title, detail),
     }
 }
@@ -222,8 +294,13 @@ impl Reply {
                 status,
                 size,
                 content_type,
+                validators,
                 ..
-            } => (*status, vec![("content-type", content_type.clone())], *size),
+            } => {
+                let mut all = validator_headers(validators);
+                all.push(("content-type", content_type.clone()));
+                (*status, all, *size)
+            }
             Reply::Page {
                 status,
                 headers,
@@ -231,11 +308,12 @@ impl Reply {
                 body,
             } => {
                 let mut all = headers.clone();
-                all.push(("content-type", (*content_type).to_owned()));
+                all.push(("content-type", content_type.clone()));
                 (*status, all, body.len() as u64)
             }
         };
         headers.push(("content-length", length.to_string()));
+        headers.push(("x-content-type-options", "nosniff".to_owned()));
         let fields: Vec<(String, Vec<u8>)> = headers
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.into_bytes()))
