@@ -274,6 +274,12 @@ fn the_default_guest_runs_under_wasmtime_serve() {
     assert!(response.body.is_empty());
     let response = support::exchange_at(
         server.addr,
+        b"GET /index.html HTTP/1.1\r\nHost: t\r\nRange: bytes=0-14\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(response.status, 206);
+    assert_eq!(response.body, b"<!DOCTYPE html>");
+    let response = support::exchange_at(
+        server.addr,
         b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert!(matches!(response.status, 400 | 404), "{}", response.status);

@@ -444,3 +444,112 @@ fn dotfiles_are_hidden_but_well_known_is_served() {
     assert_eq!(status, 200);
     assert_eq!(body, b"Contact: mailto:security@example.com");
 }
+
+/// GET (or HEAD) of `/large.bin` with a `Range` header and optional extra lines.
+fn ranged(method: &str, range: &str, extra: &str) -> support::Response {
+    request(method, "/large.bin", &format!("Range: {range}\r\n{extra}"))
+}
+
+#[test]
+fn single_ranges_are_206_with_the_exact_bytes() {
+    let file = noise(LARGE, 42);
+    let size = LARGE as u64;
+    let cases = [
+        ("bytes=0-9", 0, 9),
+        ("bytes=1000-1000", 1000, 1000),
+        ("bytes=5000000-", 5_000_000, size - 1),
+        ("bytes=-4096", size - 4096, size - 1),
+        ("bytes=100-99999999", 100, size - 1),
+        ("bytes=1048570-3145730", 1_048_570, 3_145_730),
+    ];
+    for (range, start, end) in cases {
+        let response = ranged("GET", range, "");
+        assert_eq!(response.status, 206, "{range}");
+        assert_eq!(
+            response.header("content-range"),
+            Some(format!("bytes {start}-{end}/{size}").as_str()),
+            "{range}"
+        );
+        assert_eq!(
+            response.header("content-length"),
+            Some((end - start + 1).to_string().as_str())
+        );
+        assert!(
+            response.body == file[start as usize..=end as usize],
+            "{range}: wrong bytes"
+        );
+        let head = ranged("HEAD", range, "");
+        for name in ["content-range", "content-length", "etag", "accept-ranges"] {
+            assert_eq!(
+                head.header(name),
+                response.header(name),
+                "HEAD {range} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn whole_files_advertise_ranges() {
+    assert_eq!(raw("/large.bin").header("accept-ranges"), Some("bytes"));
+}
+
+#[test]
+fn unsatisfiable_ranges_are_416() {
+    let size = LARGE;
+    for range in [
+        format!("bytes={size}-"),
+        "bytes=-0".to_owned(),
+        format!("bytes={}-{}", size + 10, size + 20),
+    ] {
+        let response = ranged("GET", &range, "");
+        assert_eq!(response.status, 416, "{range}");
+        assert_eq!(
+            response.header("content-range"),
+            Some(format!("bytes */{size}").as_str())
+        );
+    }
+}
+
+#[test]
+fn several_ranges_or_invalid_ones_get_the_whole_file() {
+    for range in ["bytes=0-1,5-6", "bytes=9-0", "items=0-5", "bytes=x-y"] {
+        let response = ranged("GET", range, "");
+        assert_eq!(response.status, 200, "{range}");
+        assert_eq!(response.body.len(), LARGE, "{range}");
+    }
+}
+
+#[test]
+fn if_range_serves_the_range_only_while_the_file_is_unchanged() {
+    let whole = raw("/large.bin");
+    let etag = whole.header("etag").unwrap();
+    let modified = whole.header("last-modified").unwrap();
+    let cases = [
+        (format!("If-Range: {etag}\r\n"), 206),
+        (format!("If-Range: {modified}\r\n"), 206),
+        ("If-Range: \"stale\"\r\n".to_owned(), 200),
+        (format!("If-Range: W/{etag}\r\n"), 200),
+        (
+            "If-Range: Sat, 01 Jan 2000 00:00:00 GMT\r\n".to_owned(),
+            200,
+        ),
+    ];
+    for (if_range, status) in cases {
+        let response = ranged("GET", "bytes=0-99", &if_range);
+        assert_eq!(response.status, status, "{if_range}");
+    }
+}
+
+#[test]
+fn a_download_resumes_where_it_stopped() {
+    // What `curl -C -` does: take the first part, then ask for the rest.
+    let file = noise(LARGE, 42);
+    let first = ranged("GET", "bytes=0-2097151", "");
+    let etag = first.header("etag").unwrap().to_owned();
+    let rest = ranged("GET", "bytes=2097152-", &format!("If-Range: {etag}\r\n"));
+    assert_eq!(rest.status, 206);
+    let mut joined = first.body;
+    joined.extend_from_slice(&rest.body);
+    assert!(joined == file, "resumed download differs");
+}

@@ -25,6 +25,16 @@ impl Validators {
         }
     }
 
+    /// Whether an `If-Range` value still names this file: a strong entity
+    /// tag equal to ours, or exactly our `Last-Modified` date (RFC 9110 §13.1.5).
+    pub fn matches_if_range(&self, value: &str) -> bool {
+        let value = value.trim();
+        if value.starts_with('"') || value.starts_with("W/") {
+            return value == self.etag;
+        }
+        parse_date(value).is_some_and(|date| self.modified == Some(date))
+    }
+
     /// `Last-Modified` as an IMF-fixdate.
     pub fn last_modified(&self) -> Option<String> {
         self.modified
@@ -203,6 +213,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(eval(garbage), Outcome::Proceed);
+    }
+
+    #[test]
+    fn if_range() {
+        let file = file();
+        assert!(file.matches_if_range(&file.etag));
+        assert!(!file.matches_if_range(&format!("W/{}", file.etag)));
+        assert!(!file.matches_if_range("\"other\""));
+        assert!(file.matches_if_range(&date(MODIFIED)));
+        assert!(!file.matches_if_range(&date(MODIFIED + 1)));
+        assert!(!file.matches_if_range("garbage"));
     }
 
     #[test]

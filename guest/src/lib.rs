@@ -9,10 +9,12 @@
 //! Layout:
 //! - [`path`]: request target → path below the root (decoding, `..`, NUL).
 //! - [`conditional`]: ETag / Last-Modified and conditional requests.
+//! - [`range`]: byte ranges.
 //! - this file: the `wasi:http/incoming-handler` export and the responses.
 
 pub mod conditional;
 pub mod path;
+pub mod range;
 
 #[allow(missing_docs, unsafe_code)]
 mod bindings {
@@ -73,6 +75,8 @@ enum Reply {
         size: u64,
         content_type: String,
         validators: Validators,
+        /// The bytes to send, `start..=end`, for a 206.
+        range: Option<(u64, u64)>,
     },
     /// A small generated body.
     Page {
@@ -141,7 +145,7 @@ fn respond(request: &IncomingRequest) -> Reply {
         } => {
             let safe = matches!(request.method(), Method::Get | Method::Head);
             match conditions(request).evaluate(validators, safe) {
-                Outcome::Proceed => reply,
+                Outcome::Proceed => with_range(reply, request),
                 Outcome::NotModified => Reply::Page {
                     status: 304,
                     headers: validator_headers(validators),
@@ -159,19 +163,68 @@ fn respond(request: &IncomingRequest) -> Reply {
     }
 }
 
+/// Narrows a whole-file reply to the request's `Range`, if it has one that
+/// applies (and its `If-Range` still matches the file).
+fn with_range(reply: Reply, request: &IncomingRequest) -> Reply {
+    let Reply::File {
+        size, validators, ..
+    } = &reply
+    else {
+        return reply;
+    };
+    let Some(range) = header(request, "range") else {
+        return reply;
+    };
+    if header(request, "if-range").is_some_and(|value| !validators.matches_if_range(&value)) {
+        return reply;
+    }
+    match range::evaluate(&range, *size) {
+        range::Ranged::Full => reply,
+        range::Ranged::Partial { start, end } => match reply {
+            Reply::File {
+                file,
+                size,
+                content_type,
+                validators,
+                ..
+            } => Reply::File {
+                status: 206,
+                file,
+                size,
+                content_type,
+                validators,
+                range: Some((start, end)),
+            },
+            page => page,
+        },
+        range::Ranged::Unsatisfiable => Reply::Page {
+            status: 416,
+            headers: vec![("content-range", format!("bytes */{size}"))],
+            content_type: HTML.to_owned(),
+            body: error_page(
+                416,
+                "Range Not Satisfiable",
+                "The requested range is outside the file.",
+            ),
+        },
+    }
+}
+
+/// All field lines named `name`, joined with commas.
+fn header(request: &IncomingRequest, name: &str) -> Option<String> {
+    let values = request.headers().get(name);
+    (!values.is_empty()).then(|| {
+        values
+            .iter()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// The request's conditional headers.
 fn conditions(request: &IncomingRequest) -> Conditions {
-    let headers = request.headers();
-    let field = |name: &str| {
-        let values = headers.get(name);
-        (!values.is_empty()).then(|| {
-            values
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-    };
+    let field = |name: &str| header(request, name);
     Conditions {
         if_match: field("if-match"),
         if_none_match: field("if-none-match"),
@@ -228,6 +281,7 @@ fn open_file(root: &Descriptor, relative: &str, status: u16) -> Option<Reply> {
         size: meta.size,
         content_type: content_type(relative),
         validators: Validators::new(meta.size, modified),
+        range: None,
     })
 }
 
@@ -295,11 +349,20 @@ impl Reply {
                 size,
                 content_type,
                 validators,
+                range,
                 ..
             } => {
                 let mut all = validator_headers(validators);
                 all.push(("content-type", content_type.clone()));
-                (*status, all, *size)
+                all.push(("accept-ranges", "bytes".to_owned()));
+                let length = match range {
+                    Some((start, end)) => {
+                        all.push(("content-range", format!("bytes {start}-{end}/{size}")));
+                        end - start + 1
+                    }
+                    None => *size,
+                };
+                (*status, all, length)
             }
             Reply::Page {
                 status,
@@ -332,7 +395,13 @@ impl Reply {
         }
         let stream = body.write().expect("body stream is taken once");
         let complete = match &self {
-            Reply::File { file, size, .. } => splice_file(&stream, file, *size),
+            Reply::File {
+                file, size, range, ..
+            } => {
+                let (offset, length) =
+                    range.map_or((0, *size), |(start, end)| (start, end - start + 1));
+                splice_file(&stream, file, offset, length)
+            }
             Reply::Page { body, .. } => write_all(&stream, body),
         };
         drop(stream);
@@ -353,10 +422,18 @@ fn write_all(stream: &OutputStream, mut bytes: &[u8]) -> Result<(), StreamError>
     Ok(())
 }
 
-/// Streams `size` bytes of `file` into the body without buffering it whole.
-fn splice_file(stream: &OutputStream, file: &Descriptor, size: u64) -> Result<(), StreamError> {
-    let input = file.read_via_stream(0).map_err(|_| StreamError::Closed)?;
-    let mut left = size;
+/// Streams `length` bytes of `file` from `offset` into the body without
+/// buffering them whole.
+fn splice_file(
+    stream: &OutputStream,
+    file: &Descriptor,
+    offset: u64,
+    length: u64,
+) -> Result<(), StreamError> {
+    let input = file
+        .read_via_stream(offset)
+        .map_err(|_| StreamError::Closed)?;
+    let mut left = length;
     while left > 0 {
         left -= stream.blocking_splice(&input, left.min(SPLICE_CHUNK))?;
     }
