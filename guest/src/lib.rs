@@ -165,38 +165,30 @@ fn respond(request: &IncomingRequest) -> Reply {
 
 /// Narrows a whole-file reply to the request's `Range`, if it has one that
 /// applies (and its `If-Range` still matches the file).
-fn with_range(reply: Reply, request: &IncomingRequest) -> Reply {
+fn with_range(mut reply: Reply, request: &IncomingRequest) -> Reply {
     let Reply::File {
-        size, validators, ..
-    } = &reply
+        status,
+        size,
+        validators,
+        range,
+        ..
+    } = &mut reply
     else {
         return reply;
     };
-    let Some(range) = header(request, "range") else {
+    let Some(header_value) = header(request, "range") else {
         return reply;
     };
     if header(request, "if-range").is_some_and(|value| !validators.matches_if_range(&value)) {
         return reply;
     }
-    match range::evaluate(&range, *size) {
+    match range::evaluate(&header_value, *size) {
         range::Ranged::Full => reply,
-        range::Ranged::Partial { start, end } => match reply {
-            Reply::File {
-                file,
-                size,
-                content_type,
-                validators,
-                ..
-            } => Reply::File {
-                status: 206,
-                file,
-                size,
-                content_type,
-                validators,
-                range: Some((start, end)),
-            },
-            page => page,
-        },
+        range::Ranged::Partial { start, end } => {
+            *status = 206;
+            *range = Some((start, end));
+            reply
+        }
         range::Ranged::Unsatisfiable => Reply::Page {
             status: 416,
             headers: vec![("content-range", format!("bytes */{size}"))],
