@@ -351,6 +351,7 @@ fn timeouts_server() -> &'static TestServer {
         TestServer::start(wasmhttpd::Config {
             root: demo_root(),
             guest: wasmhttpd::GuestSource::Default,
+            env: Vec::new(),
             limits: Limits {
                 header_timeout: Duration::from_millis(500),
                 keep_alive_timeout: Duration::from_millis(500),

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// A file's validators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Validators {
-    /// Strong entity tag, quoted: `"<size hex>-<mtime seconds hex>.<nanoseconds hex>"`.
+    /// Entity tag, quoted: `"<size hex>-<mtime seconds hex>.<nanoseconds hex>"`,
+    /// strong for files as they are (see [`Validators::encoded`]).
     pub etag: String,
     /// Modification time, whole seconds since the epoch, if the file system has one.
     pub modified: Option<u64>,
@@ -25,12 +26,24 @@ impl Validators {
         }
     }
 
+    /// The validators of another representation of the same file, told
+    /// apart by `coding` in the tag: `"…-br"`. `weak` when the bytes are
+    /// generated and a later guest could generate different ones.
+    pub fn encoded(&self, coding: &str, weak: bool) -> Validators {
+        let opaque = self.etag.trim_start_matches("W/").trim_end_matches('"');
+        let prefix = if weak { "W/" } else { "" };
+        Validators {
+            etag: format!("{prefix}{opaque}-{coding}\""),
+            modified: self.modified,
+        }
+    }
+
     /// Whether an `If-Range` value still names this file: a strong entity
     /// tag equal to ours, or exactly our `Last-Modified` date (RFC 9110 §13.1.5).
     pub fn matches_if_range(&self, value: &str) -> bool {
         let value = value.trim();
         if value.starts_with('"') || value.starts_with("W/") {
-            return value == self.etag;
+            return matches_any(value, &self.etag, Comparison::Strong);
         }
         parse_date(value).is_some_and(|date| self.modified == Some(date))
     }
@@ -103,21 +116,27 @@ enum Comparison {
     Weak,
 }
 
-/// Whether the `*` or entity-tag list `field` matches `etag`.
+/// Whether the `*` or entity-tag list `field` matches `etag` (RFC 9110 §8.8.3.2).
 fn matches_any(field: &str, etag: &str, comparison: Comparison) -> bool {
     if field.trim() == "*" {
         return true;
     }
+    let (ours_weak, ours) = split_weak(etag);
     field.split(',').map(str::trim).any(|candidate| {
-        let (weak, tag) = match candidate.strip_prefix("W/") {
-            Some(tag) => (true, tag),
-            None => (false, candidate),
-        };
+        let (weak, tag) = split_weak(candidate);
         match comparison {
-            Comparison::Strong => !weak && tag == etag,
-            Comparison::Weak => tag == etag,
+            Comparison::Strong => !weak && !ours_weak && tag == ours,
+            Comparison::Weak => tag == ours,
         }
     })
+}
+
+/// An entity tag's weakness and its quoted opaque part.
+fn split_weak(tag: &str) -> (bool, &str) {
+    match tag.strip_prefix("W/") {
+        Some(opaque) => (true, opaque),
+        None => (false, tag),
+    }
 }
 
 /// An HTTP-date as seconds since the epoch; invalid dates are ignored, as
@@ -224,6 +243,33 @@ mod tests {
         assert!(file.matches_if_range(&date(MODIFIED)));
         assert!(!file.matches_if_range(&date(MODIFIED + 1)));
         assert!(!file.matches_if_range("garbage"));
+    }
+
+    #[test]
+    fn encoded_representations_have_their_own_tags() {
+        let file = file();
+        let static_br = file.encoded("br", false);
+        assert_eq!(static_br.etag, "\"4d2-6553f100.5-br\"");
+        let dynamic_gzip = file.encoded("gzip", true);
+        assert_eq!(dynamic_gzip.etag, "W/\"4d2-6553f100.5-gzip\"");
+        // A weak tag matches If-None-Match, never If-Match or If-Range.
+        let inm = Conditions {
+            if_none_match: Some(dynamic_gzip.etag.clone()),
+            ..Default::default()
+        };
+        assert_eq!(inm.evaluate(&dynamic_gzip, true), Outcome::NotModified);
+        assert_eq!(inm.evaluate(&file, true), Outcome::Proceed);
+        let im = Conditions {
+            if_match: Some(dynamic_gzip.etag.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            im.evaluate(&dynamic_gzip, true),
+            Outcome::PreconditionFailed
+        );
+        assert!(!dynamic_gzip.matches_if_range(&dynamic_gzip.etag));
+        assert!(static_br.matches_if_range(&static_br.etag));
+        assert!(!file.matches_if_range(&static_br.etag));
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Resolved {
 }
 
 /// Bytes that are percent-encoded when a segment is written back into a URL.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+pub(crate) const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')

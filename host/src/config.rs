@@ -58,6 +58,10 @@ pub struct Config {
     pub root: PathBuf,
     /// The component that handles requests.
     pub guest: GuestSource,
+    /// Environment variables the guest sees through `wasi:cli/environment`,
+    /// as `wasmtime serve --env` passes them; the host's own environment is
+    /// not inherited.
+    pub env: Vec<(String, String)>,
     /// Protocol and resource limits.
     pub limits: Limits,
 }
@@ -68,6 +72,7 @@ impl Config {
         Config {
             root: root.into(),
             guest: GuestSource::Default,
+            env: Vec::new(),
             limits: Limits::default(),
         }
     }

@@ -25,6 +25,13 @@ struct Args {
     #[arg(long, env = "WASMHTTPD_GUEST")]
     guest: Option<PathBuf>,
 
+    /// Set an environment variable for the guest, as `wasmtime serve --env`
+    /// does: `NAME=VALUE`, or `NAME` alone to pass on this process's
+    /// value. Repeatable. The built-in guest's variables are listed in the
+    /// README.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = guest_env)]
+    env: Vec<(String, String)>,
+
     /// Seconds a guest has to produce its response head (then 504), and
     /// each piece of its body.
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_GUEST_TIMEOUT.as_secs_f64())]
@@ -63,6 +70,7 @@ impl Args {
         Ok(Config {
             root: self.root,
             guest: self.guest.map_or(GuestSource::Default, GuestSource::File),
+            env: self.env,
             limits: Limits {
                 guest_timeout: secs("guest-timeout", self.guest_timeout)?,
                 guest_memory: self
@@ -78,6 +86,21 @@ impl Args {
             },
         })
     }
+}
+
+/// Parses one `--env` argument.
+fn guest_env(arg: &str) -> Result<(String, String), String> {
+    let (name, value) = match arg.split_once('=') {
+        Some((name, value)) => (name, value.to_owned()),
+        None => (
+            arg,
+            std::env::var(arg).map_err(|_| format!("{arg} is not set in this environment"))?,
+        ),
+    };
+    if name.is_empty() {
+        return Err("the variable name is empty".to_owned());
+    }
+    Ok((name.to_owned(), value))
 }
 
 #[tokio::main]

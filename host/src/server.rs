@@ -87,7 +87,7 @@ impl Server {
             });
         }
         let engine = new_engine(&config.limits).map_err(StartError::Engine)?;
-        let guest = Guest::load(&engine, &config.guest, &root, &config.limits)?;
+        let guest = Guest::load(&engine, &config.guest, &root, &config.env, &config.limits)?;
         Ok(Server {
             shared: Arc::new(Shared {
                 guest,

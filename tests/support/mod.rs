@@ -74,9 +74,18 @@ impl TestServer {
 
     /// The default guest on `root` with test limits.
     pub fn static_files(root: &Path) -> TestServer {
+        TestServer::static_files_with(root, &[])
+    }
+
+    /// The default guest on `root`, configured by `env` (`--env` pairs).
+    pub fn static_files_with(root: &Path, env: &[(&str, &str)]) -> TestServer {
         TestServer::start(Config {
             root: root.to_owned(),
             guest: GuestSource::Default,
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
             limits: test_limits(),
         })
     }
@@ -86,6 +95,7 @@ impl TestServer {
         TestServer::start(Config {
             root: demo_root(),
             guest: GuestSource::File(fault_guest()),
+            env: Vec::new(),
             limits,
         })
     }

@@ -223,13 +223,15 @@ impl Conn {
             }
         };
         let head_only = method == Method::HEAD;
+        // A HEAD response announces the framing a GET would get (RFC 9112
+        // §6.1, §6.3), then sends no body.
         let framing = match declared {
             _ if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED => {
                 Framing::None
             }
             Some(n) => Framing::Length(n),
-            None if head_only => Framing::None,
             None if version == Version::HTTP_11 => Framing::Chunked,
+            None if head_only => Framing::None,
             None => Framing::Close,
         };
         let mut keep_alive = keep_alive && framing != Framing::Close;

@@ -88,16 +88,19 @@ pub type GuestResponse = http::Response<GuestBody>;
 pub struct Guest {
     pre: ProxyPre<GuestState>,
     root: PathBuf,
+    env: Arc<[(String, String)]>,
     timeout: Duration,
     instances: Arc<Semaphore>,
 }
 
 impl Guest {
-    /// Compiles and links the component named by `source`.
+    /// Compiles and links the component named by `source`; each instance
+    /// gets `root` preopened and `env` as its environment.
     pub fn load(
         engine: &Engine,
         source: &GuestSource,
         root: &Path,
+        env: &[(String, String)],
         limits: &Limits,
     ) -> Result<Guest, LoadError> {
         let (name, bytes) = match source {
@@ -125,6 +128,7 @@ impl Guest {
         Ok(Guest {
             pre,
             root: root.to_owned(),
+            env: env.into(),
             timeout: limits.guest_timeout,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
         })
@@ -145,8 +149,8 @@ impl Guest {
             .expect("the instance semaphore is never closed");
 
         let head_sent = Arc::new(AtomicBool::new(false));
-        let state =
-            GuestState::new(&self.root, deadline, head_sent.clone()).map_err(GuestError::Setup)?;
+        let state = GuestState::new(&self.root, &self.env, deadline, head_sent.clone())
+            .map_err(GuestError::Setup)?;
         let mut store = Store::new(self.pre.engine(), state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {
@@ -252,12 +256,14 @@ struct GuestState {
 impl GuestState {
     fn new(
         root: &Path,
+        env: &[(String, String)],
         head_deadline: Instant,
         head_sent: Arc<AtomicBool>,
     ) -> wasmtime::Result<Self> {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout()
             .inherit_stderr()
+            .envs(env)
             .preopened_dir(root, "/", FsPerms::ReadOnly)?;
         Ok(GuestState {
             wasi: wasi.build(),
