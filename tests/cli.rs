@@ -201,8 +201,13 @@ fn wasmtime_cli() -> Option<PathBuf> {
     on_path.or(cargo_bin.filter(|p| p.is_file()))
 }
 
-#[test]
-fn the_default_guest_runs_under_wasmtime_serve() {
+/// Starts `wasmtime serve -S cli` with the default guest on `root` (plus
+/// `args`), or returns `None` when wasmtime is not installed outside CI.
+fn start_wasmtime_serve(
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<(Running, tempfile::TempDir)> {
     let Some(wasmtime) = wasmtime_cli() else {
         // CI installs wasmtime-cli (see .ci/run); there its absence is a failure.
         assert!(
@@ -212,7 +217,7 @@ fn the_default_guest_runs_under_wasmtime_serve() {
         eprintln!(
             "skipped: `wasmtime` is not installed (cargo install wasmtime-cli --version 48.0.8 --locked)"
         );
-        return;
+        return None;
     };
     let dir = tempfile::tempdir().unwrap();
     let guest = dir.path().join("guest.wasm");
@@ -222,16 +227,26 @@ fn the_default_guest_runs_under_wasmtime_serve() {
         .local_addr()
         .unwrap()
         .port();
-    let root = demo_root();
     let server = start(
         Command::new(wasmtime)
+            .envs(env.iter().copied())
             .arg("serve")
             .args(["-S", "cli", "--addr", &format!("127.0.0.1:{port}")])
             .arg("--dir")
             .arg(format!("{}::/", root.display()))
+            .args(args)
             .arg(&guest),
         "Serving HTTP on http://",
     );
+    Some((server, dir))
+}
+
+#[test]
+fn the_default_guest_runs_under_wasmtime_serve() {
+    let root = demo_root();
+    let Some((server, _guest_dir)) = start_wasmtime_serve(&root, &[], &[]) else {
+        return;
+    };
     let agent = client();
     for path in [
         "/",
@@ -283,4 +298,122 @@ fn the_default_guest_runs_under_wasmtime_serve() {
         b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert!(matches!(response.status, 400 | 404), "{}", response.status);
+}
+
+#[test]
+fn a_guest_variable_that_is_not_set_is_a_usage_error() {
+    let output = wasmhttpd()
+        .env_remove("WASMHTTPD_NOT_SET_ANYWHERE")
+        .args(["--env", "WASMHTTPD_NOT_SET_ANYWHERE"])
+        .output()
+        .expect("run wasmhttpd");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WASMHTTPD_NOT_SET_ANYWHERE is not set"),
+        "{stderr}"
+    );
+}
+
+/// A web root exercising every setting of the default guest.
+fn configured_root() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let page = "<p>Sandboxed handlers serve this page.</p>\n".repeat(100);
+    std::fs::write(root.join("index.html"), &page).unwrap();
+    std::fs::write(root.join("app.js"), "console.log('hello');\n".repeat(100)).unwrap();
+    // Not a real brotli stream: proof that the sibling, not a compressor, answered.
+    std::fs::write(root.join("app.js.br"), b"precompressed sibling").unwrap();
+    std::fs::create_dir(root.join("files")).unwrap();
+    std::fs::write(root.join("files/<script>.txt"), b"x").unwrap();
+    std::fs::write(root.join(".env"), b"hidden").unwrap();
+    dir
+}
+
+/// Guest settings as both hosts take them: one given a value, one
+/// inherited from the host process's environment.
+const GUEST_ENV: [&str; 4] = [
+    "--env",
+    "WASMHTTPD_CACHE_CONTROL=public, max-age=60",
+    "--env",
+    "WASMHTTPD_DIRECTORY_LISTING",
+];
+const INHERITED: [(&str, &str); 1] = [("WASMHTTPD_DIRECTORY_LISTING", "on")];
+
+/// Requests whose answers depend on the settings, with extra header lines.
+const CONFIGURED_REQUESTS: [(&str, &str); 6] = [
+    ("/", "Accept-Encoding: gzip\r\n"),
+    ("/", ""),
+    ("/app.js", "Accept-Encoding: br\r\n"),
+    ("/app.js", "Accept-Encoding: br\r\nRange: bytes=0-6\r\n"),
+    ("/files/", ""),
+    ("/.env", ""),
+];
+
+fn configured_request(addr: SocketAddr, (target, headers): (&str, &str)) -> support::Response {
+    support::exchange_at(
+        addr,
+        format!("GET {target} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+}
+
+#[test]
+fn env_configures_the_guest_in_wasmhttpd_and_wasmtime_serve_alike() {
+    let dir = configured_root();
+    let root = dir.path();
+    let ours = start(
+        wasmhttpd()
+            .envs(INHERITED)
+            .args(["--listen", "127.0.0.1:0", "--root", root.to_str().unwrap()])
+            .args(GUEST_ENV),
+        "listening on http://",
+    );
+    let answers: Vec<_> = CONFIGURED_REQUESTS
+        .iter()
+        .map(|request| configured_request(ours.addr, *request))
+        .collect();
+    let [gzip, identity, sibling, range, listing, dotfile] = &answers[..] else {
+        unreachable!()
+    };
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    let mut page = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(gzip.body.as_slice()),
+        &mut page,
+    )
+    .unwrap();
+    assert_eq!(page, std::fs::read(root.join("index.html")).unwrap());
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_eq!(identity.header("cache-control"), Some("public, max-age=60"));
+    assert_eq!(sibling.body, b"precompressed sibling");
+    assert_eq!(
+        (range.status, range.body.as_slice()),
+        (206, &b"console"[..])
+    );
+    assert_eq!(listing.status, 200);
+    assert!(listing.text().contains("&lt;script&gt;.txt"));
+    assert_eq!(dotfile.status, 404);
+
+    let Some((theirs, _guest_dir)) = start_wasmtime_serve(root, &GUEST_ENV, &INHERITED) else {
+        return;
+    };
+    for (request, ours) in CONFIGURED_REQUESTS.iter().zip(&answers) {
+        let theirs = configured_request(theirs.addr, *request);
+        assert_eq!(theirs.status, ours.status, "{request:?}");
+        for name in [
+            "content-type",
+            "content-encoding",
+            "content-length",
+            "content-range",
+            "cache-control",
+            "etag",
+            "last-modified",
+            "vary",
+            "accept-ranges",
+        ] {
+            assert_eq!(theirs.header(name), ours.header(name), "{request:?} {name}");
+        }
+        assert!(theirs.body == ours.body, "{request:?}: bodies differ");
+    }
 }

@@ -553,3 +553,26 @@ fn a_download_resumes_where_it_stopped() {
     joined.extend_from_slice(&rest.body);
     assert!(joined == file, "resumed download differs");
 }
+
+#[test]
+fn head_gives_the_get_headers_for_every_kind_of_answer() {
+    let addr = fixture().server.addr;
+    let etag = raw("/data.json").header("etag").unwrap().to_owned();
+    let cases = [
+        ("/data.json", String::new(), 200),
+        ("/data.json", format!("If-None-Match: {etag}\r\n"), 304),
+        ("/data.json", "If-Match: \"other\"\r\n".to_owned(), 412),
+        ("/large.bin", "Range: bytes=10-19\r\n".to_owned(), 206),
+        ("/large.bin", format!("Range: bytes={LARGE}-\r\n"), 416),
+        ("/large.bin", "Range: bytes=0-1,5-6\r\n".to_owned(), 200),
+        ("/docs", String::new(), 301),
+        ("/docs/", String::new(), 200),
+        ("/no/such/file", String::new(), 404),
+        ("/.env", String::new(), 404),
+        ("/%00", String::new(), 400),
+    ];
+    for (target, headers, status) in cases {
+        let get = support::assert_head_matches_get(addr, target, &headers);
+        assert_eq!(get.status, status, "{target} {headers:?}");
+    }
+}

@@ -224,6 +224,45 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
     response
 }
 
+/// Sends `GET target` then `HEAD target`, each with `headers` (CRLF-ended
+/// lines), on one connection; asserts the HEAD response has the GET
+/// response's status and every one of its header fields but `Date`, and no
+/// body (the GET after it would not parse if it leaked one). Returns the GET
+/// response.
+pub fn assert_head_matches_get(addr: SocketAddr, target: &str, headers: &str) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let request = |method: &str| format!("{method} {target} HTTP/1.1\r\nHost: t\r\n{headers}\r\n");
+    let pipeline = [request("GET"), request("HEAD"), request("GET")].concat();
+    stream.write_all(pipeline.as_bytes()).expect("send");
+    let mut reader = BufReader::new(stream);
+    let get = read_response(&mut reader, false);
+    let head = read_response(&mut reader, true);
+    let again = read_response(&mut reader, false);
+    let without_date = |response: &Response| -> Vec<(String, String)> {
+        let mut fields: Vec<_> = response
+            .headers
+            .iter()
+            .filter(|(name, _)| name != "date")
+            .cloned()
+            .collect();
+        fields.sort();
+        fields
+    };
+    assert_eq!(head.status, get.status, "HEAD {target} status");
+    assert_eq!(
+        without_date(&head),
+        without_date(&get),
+        "HEAD {target} {headers:?}"
+    );
+    assert_eq!(again.status, get.status, "GET after HEAD {target}");
+    assert!(
+        again.body == get.body,
+        "GET after HEAD {target}: body differs"
+    );
+    get
+}
+
 /// Asserts the server closed the connection (EOF, or a reset) without sending more.
 pub fn assert_closed(reader: &mut impl Read) {
     let mut rest = Vec::new();
