@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use support::{Response, TestServer, assert_head_matches_get, noise};
@@ -47,11 +47,7 @@ fn fixture() -> &'static Fixture {
 }
 
 fn file(name: &str) -> Vec<u8> {
-    std::fs::read(root().join(name)).unwrap()
-}
-
-fn root() -> PathBuf {
-    fixture().dir.path().to_owned()
+    file_at(fixture().dir.path(), name)
 }
 
 /// Text that compresses like real markup: words from a small vocabulary
@@ -344,4 +340,39 @@ fn compression_can_be_switched_off() {
         Some("accept-encoding"),
         "a sibling could still appear"
     );
+}
+
+#[test]
+fn a_sibling_older_than_its_file_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let style = text(4_000, 9);
+    std::fs::write(dir.path().join("style.css"), &style).unwrap();
+    let stale = dir.path().join("style.css.gz");
+    std::fs::write(
+        &stale,
+        gzip_named(b"an old version of the file", "style.css"),
+    )
+    .unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    let server = TestServer::static_files(dir.path());
+    let response = assert_head_matches_get(server.addr, "/style.css", "Accept-Encoding: gzip\r\n");
+    assert_eq!(response.header("content-encoding"), Some("gzip"));
+    assert!(
+        response.body != file_at(dir.path(), "style.css.gz"),
+        "the stale sibling"
+    );
+    assert!(
+        decoded(&response) == style,
+        "compressed from the current file"
+    );
+}
+
+fn file_at(root: &Path, name: &str) -> Vec<u8> {
+    std::fs::read(root.join(name)).unwrap()
 }

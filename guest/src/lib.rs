@@ -281,7 +281,8 @@ fn serve_file(
 }
 
 /// Chooses how to send `file` from what the client accepts and what the
-/// settings and the root offer: a precompressed sibling first, then
+/// settings and the root offer: a precompressed sibling (as new as the
+/// file) first, then
 /// compression on the fly (brotli before gzip in each), else the file as it is.
 fn negotiate(
     request: &IncomingRequest,
@@ -302,8 +303,10 @@ fn negotiate(
             if accept.quality(coding) == 0 {
                 continue;
             }
-            if let Some(sibling) = open_file(root, &format!("{}{}", file.path, coding.extension()))
-            {
+            // A sibling older than the file was not made from this version of it.
+            let sibling = open_file(root, &format!("{}{}", file.path, coding.extension()))
+                .filter(|sibling| sibling.validators.modified >= file.validators.modified);
+            if let Some(sibling) = sibling {
                 offered.push(coding);
                 siblings.push(Some(sibling));
             }
