@@ -3,8 +3,10 @@
 //! - `wasmhttpd-guest` (the default static-file guest) is embedded in the
 //!   host as `DEFAULT_GUEST`.
 //! - `wasmhttpd-fault-guest` (a guest that loops, traps, or exhausts memory
-//!   on request) is only for the integration tests, which find it through
-//!   the `WASMHTTPD_FAULT_GUEST` environment variable at compile time.
+//!   on request) and `wasmhttpd-plain-guest` (one without the WebSocket
+//!   export) are only for the integration tests, which find them through
+//!   the `WASMHTTPD_FAULT_GUEST` and `WASMHTTPD_PLAIN_GUEST` environment
+//!   variables at compile time.
 //!
 //! The guests are built by a nested `cargo build` with its own target
 //! directory under `OUT_DIR`, so it never waits on the outer build's lock.
@@ -14,7 +16,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 2] = ["wasmhttpd-guest", "wasmhttpd-fault-guest"];
+const GUESTS: [&str; 3] = [
+    "wasmhttpd-guest",
+    "wasmhttpd-fault-guest",
+    "wasmhttpd-plain-guest",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -62,8 +68,10 @@ fn main() {
         ),
     )
     .expect("write guests.rs");
-    println!(
-        "cargo:rustc-env=WASMHTTPD_FAULT_GUEST={}",
-        artifact("wasmhttpd-fault-guest").display()
-    );
+    for (variable, package) in [
+        ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
+        ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),
+    ] {
+        println!("cargo:rustc-env={variable}={}", artifact(package).display());
+    }
 }

@@ -7,6 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
 
 use support::{client, demo_root, fault_guest, get};
 
@@ -14,6 +16,8 @@ use support::{client, demo_root, fault_guest, get};
 struct Running {
     child: Child,
     addr: SocketAddr,
+    /// Its stderr lines after the one that gave the address.
+    log: mpsc::Receiver<String>,
 }
 
 impl Drop for Running {
@@ -26,6 +30,19 @@ impl Drop for Running {
 impl Running {
     fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// Waits for a stderr line containing `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + support::CLIENT_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line with {text:?}"),
+            }
+        }
     }
 }
 
@@ -60,8 +77,13 @@ fn start(command: &mut Command, marker: &str) -> Running {
         }
     };
     // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Running { child, addr }
+    let (sender, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    Running { child, addr, log }
 }
 
 fn start_wasmhttpd(args: &[&str]) -> Running {
@@ -416,4 +438,29 @@ fn env_configures_the_guest_in_wasmhttpd_and_wasmtime_serve_alike() {
         }
         assert!(theirs.body == ours.body, "{request:?}: bodies differ");
     }
+}
+
+#[test]
+fn the_guest_is_told_how_each_session_ended() {
+    let root = demo_root();
+    let guest = fault_guest();
+    let server = start_wasmhttpd(&[
+        "--root",
+        root.to_str().unwrap(),
+        "--guest",
+        guest.to_str().unwrap(),
+    ]);
+    let url = format!("ws://{}/ws/echo", server.addr);
+    let (mut socket, _) = tungstenite::connect(&url).unwrap();
+    socket
+        .close(Some(tungstenite::protocol::CloseFrame {
+            code: tungstenite::protocol::frame::coding::CloseCode::Library(4000),
+            reason: "bye now".into(),
+        }))
+        .unwrap();
+    server.wait_for_log("on-close 4000 bye now");
+    // A client that just goes away: 1006.
+    let (socket, _) = tungstenite::connect(&url).unwrap();
+    drop(socket);
+    server.wait_for_log("on-close 1006");
 }

@@ -14,6 +14,7 @@
 //! - [`range`]: byte ranges.
 //! - [`encoding`]: `Accept-Encoding`, precompressed files, gzip and brotli.
 //! - [`html`]: error pages and directory listings.
+//! - [`websocket`]: the WebSocket echo endpoint.
 //! - `stream`: `std::io` over `wasi:io` streams.
 //! - this file: the `wasi:http/incoming-handler` export and the responses.
 
@@ -24,6 +25,7 @@ pub mod path;
 pub mod range;
 pub mod settings;
 mod stream;
+pub mod websocket;
 
 #[allow(missing_docs, unsafe_code)]
 mod bindings {

@@ -42,6 +42,18 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// slot reserves address space, not memory; requests past it wait.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
+/// Largest WebSocket message (and frame) accepted from a client; a bigger
+/// one closes the session with 1009. 16 MiB covers file uploads over a
+/// socket while bounding what one session can make the host buffer.
+pub const DEFAULT_WS_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// A WebSocket session with no message from the client for this long is
+/// closed with 1001. Long enough for chat clients that send a heartbeat a
+/// minute; short enough that abandoned sessions do not pile up.
+pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// WebSocket sessions open at once, each holding a guest instance; past
+/// it, upgrades get 503.
+pub const DEFAULT_MAX_WEBSOCKETS: u32 = 1000;
+
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestSource {
@@ -98,8 +110,14 @@ pub struct Limits {
     pub guest_memory: usize,
     /// Open client connections.
     pub max_connections: usize,
-    /// Guest instances alive at once.
+    /// Guest instances alive at once for requests.
     pub max_instances: u32,
+    /// Largest WebSocket message from a client, in bytes.
+    pub ws_max_message: usize,
+    /// Time a WebSocket session may go without a client message.
+    pub ws_idle_timeout: Duration,
+    /// WebSocket sessions open at once (each with its own instance).
+    pub max_websockets: u32,
 }
 
 impl Default for Limits {
@@ -114,6 +132,9 @@ impl Default for Limits {
             guest_memory: DEFAULT_GUEST_MEMORY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_instances: DEFAULT_MAX_INSTANCES,
+            ws_max_message: DEFAULT_WS_MAX_MESSAGE,
+            ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
+            max_websockets: DEFAULT_MAX_WEBSOCKETS,
         }
     }
 }

@@ -17,8 +17,10 @@
 //! Layout:
 //! - [`config`]: the configuration and every limit, with its default.
 //! - [`server`]: binding, the accept loop, the connection cap.
-//! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies).
-//! - [`wasm`]: the engine, loading a guest, running a request through it.
+//! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
+//!   WebSocket upgrades).
+//! - [`wasm`]: the engine, loading a guest, running a request or a
+//!   WebSocket session through it.
 
 pub mod config;
 pub mod proto;
@@ -26,6 +28,6 @@ pub mod server;
 pub mod wasm;
 
 pub use config::{Config, GuestSource, Limits};
-pub use server::{Server, StartError, bind};
+pub use server::{Monitor, Server, StartError, bind};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -60,6 +60,18 @@ struct Args {
     /// Guest instances alive at once; more requests wait.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_INSTANCES)]
     max_instances: u32,
+
+    /// Largest WebSocket message accepted, in bytes (then close 1009).
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_WS_MAX_MESSAGE)]
+    ws_max_message: usize,
+
+    /// Seconds a WebSocket session may stay silent (then close 1001).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_WS_IDLE_TIMEOUT.as_secs_f64())]
+    ws_idle_timeout: f64,
+
+    /// WebSocket sessions open at once; more upgrades get 503.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_WEBSOCKETS)]
+    max_websockets: u32,
 }
 
 impl Args {
@@ -82,6 +94,9 @@ impl Args {
                 header_timeout: secs("header-timeout", self.header_timeout)?,
                 max_connections: self.max_connections,
                 max_instances: self.max_instances,
+                ws_max_message: self.ws_max_message,
+                ws_idle_timeout: secs("ws-idle-timeout", self.ws_idle_timeout)?,
+                max_websockets: self.max_websockets,
                 ..Limits::default()
             },
         })

@@ -72,7 +72,32 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
+/// A view of a server's load while it runs.
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+impl Monitor {
+    /// Guest instances running a request now.
+    pub fn requests_running(&self) -> usize {
+        self.shared.guest.requests_running()
+    }
+
+    /// WebSocket sessions open now.
+    pub fn websocket_sessions(&self) -> usize {
+        self.shared.guest.websocket_sessions()
+    }
+}
+
 impl Server {
+    /// A handle that reports this server's load.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Checks the web root and compiles the guest: every configuration
     /// error surfaces here, before the server binds or takes a request.
     pub fn new(config: Config) -> Result<Server, StartError> {

@@ -29,13 +29,20 @@ pub fn fault_guest() -> PathBuf {
 pub fn test_limits() -> Limits {
     Limits {
         max_instances: 64,
+        max_websockets: 256,
         ..Limits::default()
     }
+}
+
+/// The plain guest (no WebSocket export) built by `host/build.rs`.
+pub fn plain_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_PLAIN_GUEST"))
 }
 
 /// A server running on its own runtime thread; stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    pub monitor: wasmhttpd::Monitor,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -54,7 +61,7 @@ impl TestServer {
                 let listener = wasmhttpd::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
                 let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
                 ready_tx
-                    .send((listener.local_addr().unwrap(), stop_tx))
+                    .send((listener.local_addr().unwrap(), server.monitor(), stop_tx))
                     .unwrap();
                 server
                     .run(listener, async {
@@ -64,9 +71,10 @@ impl TestServer {
             });
             runtime.shutdown_timeout(Duration::from_secs(1));
         });
-        let (addr, stop) = ready_rx.recv().expect("server thread started");
+        let (addr, monitor, stop) = ready_rx.recv().expect("server thread started");
         TestServer {
             addr,
+            monitor,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -92,12 +100,31 @@ impl TestServer {
 
     /// The fault guest with the given limits.
     pub fn faults(limits: Limits) -> TestServer {
+        TestServer::guest(fault_guest(), &demo_root(), limits)
+    }
+
+    /// The component `guest` on `root`.
+    pub fn guest(guest: PathBuf, root: &Path, limits: Limits) -> TestServer {
         TestServer::start(Config {
-            root: demo_root(),
-            guest: GuestSource::File(fault_guest()),
+            root: root.to_owned(),
+            guest: GuestSource::File(guest),
             env: Vec::new(),
             limits,
         })
+    }
+
+    /// Polls `condition` until it holds; fails the test if it still does
+    /// not after [`CLIENT_TIMEOUT`]. For effects that follow a client's
+    /// action asynchronously, such as a guest being stopped.
+    pub fn eventually(&self, what: &str, condition: impl Fn(&wasmhttpd::Monitor) -> bool) {
+        let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+        while !condition(&self.monitor) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never happened: {what}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -278,7 +278,8 @@ fn list_items(headers: &HeaderMap, name: HeaderName) -> Result<Vec<&str>, Error>
     Ok(items)
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+/// Whether a comma-separated field named `name` lists `token` (any case).
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
             .to_str()

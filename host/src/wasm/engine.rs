@@ -23,7 +23,8 @@ const TABLES_PER_COMPONENT: u32 = 8;
 
 /// Builds the engine shared by every guest of this server.
 pub fn new_engine(limits: &Limits) -> wasmtime::Result<Engine> {
-    let instances = limits.max_instances;
+    // Requests and WebSocket sessions draw instances from one pool.
+    let instances = limits.max_instances.saturating_add(limits.max_websockets);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))

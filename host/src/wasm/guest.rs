@@ -27,6 +27,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits};
 
 /// A guest could not be loaded.
@@ -69,13 +70,18 @@ pub enum GuestError {
     /// The host could not set up the request for the guest.
     #[error("setting up the guest failed: {0:#}")]
     Setup(wasmtime::Error),
+    /// Every WebSocket session slot is taken.
+    #[error("too many WebSocket sessions")]
+    Busy,
 }
 
 impl GuestError {
-    /// The status the client gets: 504 for a timeout, 500 otherwise.
+    /// The status the client gets: 504 for a timeout, 503 when busy, 500
+    /// otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
             GuestError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            GuestError::Busy => http::StatusCode::SERVICE_UNAVAILABLE,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,8 +95,14 @@ pub struct Guest {
     pre: ProxyPre<GuestState>,
     root: PathBuf,
     env: Arc<[(String, String)]>,
-    timeout: Duration,
+    pub(super) timeout: Duration,
     instances: Arc<Semaphore>,
+    max_instances: usize,
+    /// The WebSocket export, when the component has one.
+    pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
+    /// Open WebSocket sessions' share of the instance pool.
+    pub(super) websocket_slots: Arc<Semaphore>,
+    max_websockets: usize,
 }
 
 impl Guest {
@@ -121,17 +133,31 @@ impl Guest {
         let mut linker = Linker::new(engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(ProxyPre::new)
-            .map_err(invalid)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
+        let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
+        let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
         Ok(Guest {
             pre,
             root: root.to_owned(),
             env: env.into(),
             timeout: limits.guest_timeout,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            max_instances: limits.max_instances as usize,
+            websocket,
+            websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
+            max_websockets: limits.max_websockets as usize,
         })
+    }
+
+    /// Instances running a request now, from instantiation until the
+    /// response body is done or abandoned.
+    pub fn requests_running(&self) -> usize {
+        self.max_instances - self.instances.available_permits()
+    }
+
+    /// WebSocket sessions open now.
+    pub fn websocket_sessions(&self) -> usize {
+        self.max_websockets - self.websocket_slots.available_permits()
     }
 
     /// Runs `request` through a fresh instance.
@@ -149,18 +175,9 @@ impl Guest {
             .expect("the instance semaphore is never closed");
 
         let head_sent = Arc::new(AtomicBool::new(false));
-        let state = GuestState::new(&self.root, &self.env, deadline, head_sent.clone())
+        let mut store = self
+            .new_store(deadline, head_sent.clone())
             .map_err(GuestError::Setup)?;
-        let mut store = Store::new(self.pre.engine(), state);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|store| {
-            let state = store.data();
-            if !state.head_sent.load(Ordering::Relaxed) && Instant::now() >= state.head_deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
 
         let (sender, receiver) = oneshot::channel();
         let setup = |store: &mut Store<GuestState>| {
@@ -198,8 +215,32 @@ impl Guest {
     }
 }
 
+impl Guest {
+    /// A store for one instance: the guest's WASI context, and an epoch
+    /// callback that yields every tick and interrupts the guest once it is
+    /// past its deadline, unless `lifted` is set by then.
+    pub(crate) fn new_store(
+        &self,
+        deadline: Instant,
+        lifted: Arc<AtomicBool>,
+    ) -> wasmtime::Result<Store<GuestState>> {
+        let state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        let mut store = Store::new(self.pre.engine(), state);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            if !state.lifted.load(Ordering::Relaxed) && Instant::now() >= state.deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+}
+
 /// A trap raised by the epoch deadline is a timeout; anything else a fault.
-fn classify(err: wasmtime::Error) -> GuestError {
+pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => GuestError::Timeout,
         _ => GuestError::Trap(err),
@@ -242,23 +283,25 @@ impl Body for GuestBody {
     }
 }
 
-/// What a guest's store holds for one request.
-struct GuestState {
+/// What a guest's store holds for one request or WebSocket session.
+pub(crate) struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    /// When the guest must have set its response head by.
-    head_deadline: Instant,
-    /// Set by the host once the head arrived; the deadline then no longer applies.
-    head_sent: Arc<AtomicBool>,
+    /// When the guest is interrupted: the response head's deadline for a
+    /// request, the current call's for a WebSocket session.
+    pub(crate) deadline: Instant,
+    /// Set by the host once a request's head arrived; the deadline then no
+    /// longer applies.
+    lifted: Arc<AtomicBool>,
 }
 
 impl GuestState {
     fn new(
         root: &Path,
         env: &[(String, String)],
-        head_deadline: Instant,
-        head_sent: Arc<AtomicBool>,
+        deadline: Instant,
+        lifted: Arc<AtomicBool>,
     ) -> wasmtime::Result<Self> {
         let mut wasi = WasiCtx::builder();
         wasi.inherit_stdout()
@@ -269,8 +312,8 @@ impl GuestState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            head_deadline,
-            head_sent,
+            deadline,
+            lifted,
         })
     }
 }

@@ -12,6 +12,22 @@
 //! | `/no-response`      | returns without setting a response                         |
 //! | `/trap-after-head`  | sends a head promising 100 bytes, writes 10, then panics   |
 //! | `/short-body`       | promises 100 bytes, writes 10, finishes                    |
+//! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
+//! |                     | appears in the root, for i < N                             |
+//!
+//! WebSocket sessions (the `wasmhttpd:guest/websocket` export), by path:
+//!
+//! | path             | behaviour                                                     |
+//! |------------------|---------------------------------------------------------------|
+//! | `/ws/echo`       | echoes; `trap` panics, `loop` spins, `sleep` blocks forever,  |
+//! |                  | `alloc` exhausts memory, `many N` answers with N messages,    |
+//! |                  | `count` answers with how many messages this session has seen  |
+//! | `/ws/protocol`   | accepts with the last subprotocol the client offered          |
+//! | `/ws/bad-protocol` | accepts with a subprotocol nobody offered                   |
+//! | `/ws/open-trap`  | panics in `open`                                              |
+//! | anything else    | refused                                                       |
+//!
+//! `on-close` prints `on-close CODE REASON` on stderr.
 
 #[allow(missing_docs, unsafe_code)]
 mod bindings {
@@ -23,8 +39,12 @@ mod bindings {
     });
 }
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bindings::exports::wasi::http::incoming_handler::Guest;
+use bindings::exports::wasmhttpd::guest::websocket::{self, Decision, Message, Upgrade};
 use bindings::wasi::clocks::monotonic_clock;
+use bindings::wasi::filesystem::preopens;
 use bindings::wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -74,6 +94,7 @@ impl Guest for Component {
                 drop(stream);
                 let _ = OutgoingBody::finish(body, None);
             }
+            "/stream-gated" => stream_gated(outparam, param(query, "n", 3)),
             _ => respond(outparam, 404, &[], b"no such fault"),
         }
     }
@@ -166,4 +187,76 @@ fn stream(outparam: ResponseOutparam, chunks: u64, delay_ms: u64) {
     }
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
+}
+
+/// Streams `chunk 0`, then each next chunk only once the test has created
+/// its gate file: proof that a chunk reached the client before the next
+/// one was written.
+fn stream_gated(outparam: ResponseOutparam, chunks: u64) {
+    let body = send_head(outparam, 200, &[("content-type", b"text/plain")]);
+    let stream = body.write().unwrap();
+    let (root, _) = preopens::get_directories().into_iter().next().unwrap();
+    for i in 0..chunks {
+        if i > 0 {
+            let gate = format!("gate-{i}");
+            while root
+                .stat_at(bindings::wasi::filesystem::types::PathFlags::empty(), &gate)
+                .is_err()
+            {
+                monotonic_clock::subscribe_duration(5_000_000).block();
+            }
+        }
+        if write_all(&stream, format!("chunk {i}\n").as_bytes()).is_err() {
+            return;
+        }
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+/// Messages seen by this instance: one session's, since each session has
+/// an instance of its own.
+static SEEN: AtomicU64 = AtomicU64::new(0);
+
+impl websocket::Guest for Component {
+    fn open(upgrade: Upgrade) -> Decision {
+        match upgrade.path_with_query.as_str() {
+            "/ws/echo" => Decision::Accept(None),
+            "/ws/protocol" => Decision::Accept(upgrade.protocols.last().cloned()),
+            "/ws/bad-protocol" => Decision::Accept(Some("never-offered".to_owned())),
+            "/ws/open-trap" => panic!("trap in open"),
+            _ => Decision::Refuse,
+        }
+    }
+
+    fn on_message(message: Message) -> Vec<Message> {
+        let seen = SEEN.fetch_add(1, Ordering::Relaxed) + 1;
+        let Message::Text(text) = &message else {
+            return vec![message];
+        };
+        match text.split_once(' ').unwrap_or((text, "")) {
+            ("trap", _) => panic!("trap requested"),
+            ("loop", _) => loop {
+                std::hint::spin_loop();
+            },
+            ("sleep", _) => loop {
+                monotonic_clock::subscribe_duration(u64::MAX).block();
+            },
+            ("alloc", _) => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                }
+            }
+            ("many", n) => (0..n.parse().unwrap_or(0))
+                .map(|i| Message::Text(format!("reply {i}")))
+                .collect(),
+            ("count", _) => vec![Message::Text(seen.to_string())],
+            _ => vec![message],
+        }
+    }
+
+    fn on_close(code: u16, reason: String) {
+        eprintln!("on-close {code} {reason}");
+    }
 }

@@ -1,0 +1,142 @@
+//! WebSocket sessions in a guest, through the project's own
+//! `wasmhttpd:guest/websocket` export (`wit/websocket.wit`).
+//!
+//! A session owns one instance for its whole life, drawn from the same
+//! pool and under the same memory cap as request instances. Every call
+//! into it (`open`, each `on-message`, `on-close`) has the guest timeout:
+//! the epoch callback interrupts a guest that computes past it, and the
+//! host stops waiting on one that blocks past it.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout_at};
+use wasmtime::Store;
+use wasmtime::component::{Component, InstancePre};
+
+use super::guest::{Guest, GuestError, GuestState, classify};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "wasmhttpd:guest/websocket-handler",
+        exports: { default: async },
+    });
+}
+
+use bindings::WebsocketHandler;
+pub(crate) use bindings::WebsocketHandlerPre;
+pub use bindings::exports::wasmhttpd::guest::websocket::{Decision, Message, Upgrade};
+
+/// The export's name in a component.
+const EXPORT: &str = "wasmhttpd:guest/websocket@0.1.0";
+
+/// The component's WebSocket export, pre-instantiated; `None` when the
+/// component has no such export (upgrades then go to it as requests).
+pub(super) fn find(
+    component: &Component,
+    instance_pre: &InstancePre<GuestState>,
+) -> wasmtime::Result<Option<WebsocketHandlerPre<GuestState>>> {
+    if component.get_export_index(None, EXPORT).is_none() {
+        return Ok(None);
+    }
+    WebsocketHandlerPre::new(instance_pre.clone()).map(Some)
+}
+
+/// What a guest said to an upgrade.
+pub enum Opened {
+    /// A session, with the subprotocol the guest picked.
+    Accepted(Session, Option<String>),
+    /// Not a WebSocket endpoint.
+    Refused,
+}
+
+/// A WebSocket session's instance.
+pub struct Session {
+    store: Store<GuestState>,
+    handler: WebsocketHandler,
+    timeout: std::time::Duration,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Guest {
+    /// Whether upgrades go to this guest's WebSocket export.
+    pub fn has_websocket(&self) -> bool {
+        self.websocket.is_some()
+    }
+
+    /// Instantiates the guest for a session and asks it to `open`.
+    pub async fn open_websocket(&self, upgrade: Upgrade) -> Result<Opened, GuestError> {
+        let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
+        let slot = self
+            .websocket_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GuestError::Busy)?;
+        let deadline = Instant::now() + self.timeout;
+        let mut store = self
+            .new_store(deadline, Arc::new(AtomicBool::new(false)))
+            .map_err(GuestError::Setup)?;
+        let handler = match timeout_at(deadline, pre.instantiate_async(&mut store)).await {
+            Ok(Ok(handler)) => handler,
+            Ok(Err(err)) => return Err(classify(err)),
+            Err(_) => return Err(GuestError::Timeout),
+        };
+        let mut session = Session {
+            store,
+            handler,
+            timeout: self.timeout,
+            _slot: slot,
+        };
+        let deadline = session.arm();
+        let call = session
+            .handler
+            .wasmhttpd_guest_websocket()
+            .call_open(&mut session.store, &upgrade);
+        match timeout_at(deadline, call).await {
+            Ok(Ok(Decision::Accept(protocol))) => Ok(Opened::Accepted(session, protocol)),
+            Ok(Ok(Decision::Refuse)) => Ok(Opened::Refused),
+            Ok(Err(err)) => Err(classify(err)),
+            Err(_) => Err(GuestError::Timeout),
+        }
+    }
+}
+
+impl Session {
+    /// Starts the clock for one call; returns its deadline.
+    fn arm(&mut self) -> Instant {
+        let deadline = Instant::now() + self.timeout;
+        self.store.data_mut().deadline = deadline;
+        deadline
+    }
+
+    /// Hands one client message to the guest; returns its replies. After
+    /// an error the instance is unusable and the session must end.
+    pub async fn on_message(&mut self, message: &Message) -> Result<Vec<Message>, GuestError> {
+        let deadline = self.arm();
+        let call = self
+            .handler
+            .wasmhttpd_guest_websocket()
+            .call_on_message(&mut self.store, message);
+        match timeout_at(deadline, call).await {
+            Ok(Ok(replies)) => Ok(replies),
+            Ok(Err(err)) => Err(classify(err)),
+            Err(_) => Err(GuestError::Timeout),
+        }
+    }
+
+    /// Tells the guest the session ended, then drops the instance.
+    pub async fn on_close(mut self, code: u16, reason: &str) -> Result<(), GuestError> {
+        let deadline = self.arm();
+        let call =
+            self.handler
+                .wasmhttpd_guest_websocket()
+                .call_on_close(&mut self.store, code, reason);
+        match timeout_at(deadline, call).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(classify(err)),
+            Err(_) => Err(GuestError::Timeout),
+        }
+    }
+}
