@@ -50,7 +50,10 @@ fn wasmhttpd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhttpd"));
     command
         .env("RUST_LOG", "warn")
-        .env_remove("WASMHTTPD_LISTEN");
+        .env_remove("WASMHTTPD_LISTEN")
+        .env_remove("WASMHTTPD_CACHE_DIR")
+        // The default cache directory, kept inside the build tree.
+        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
     command
 }
 

@@ -349,14 +349,12 @@ fn timeouts_server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         TestServer::start(wasmhttpd::Config {
-            root: demo_root(),
-            guest: wasmhttpd::GuestSource::Default,
-            env: Vec::new(),
             limits: Limits {
                 header_timeout: Duration::from_millis(500),
                 keep_alive_timeout: Duration::from_millis(500),
                 ..test_limits()
             },
+            ..wasmhttpd::Config::new(demo_root())
         })
     })
 }

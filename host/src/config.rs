@@ -63,30 +63,77 @@ pub enum GuestSource {
     File(PathBuf),
 }
 
+/// A component mounted at a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// `/` or `/seg[/seg…]`: the route takes this path and everything below
+    /// it (`/api` takes `/api` and `/api/x`, not `/apix`).
+    pub prefix: String,
+    /// The component.
+    pub guest: GuestSource,
+}
+
+impl Route {
+    /// A route, its prefix checked and written without a trailing slash.
+    pub fn new(prefix: &str, guest: GuestSource) -> Result<Route, String> {
+        if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) || prefix.contains("//") {
+            return Err(format!(
+                "route prefix {prefix:?} must be a path like /api, without query or spaces"
+            ));
+        }
+        let trimmed = prefix.trim_end_matches('/');
+        Ok(Route {
+            prefix: if trimmed.is_empty() { "/" } else { trimmed }.to_owned(),
+            guest,
+        })
+    }
+}
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Directory preopened read-only for the guest at `/`.
+    /// Directory preopened read-only for every guest at `/`.
     pub root: PathBuf,
-    /// The component that handles requests.
-    pub guest: GuestSource,
+    /// Components by path prefix; the longest matching prefix serves a
+    /// request, and a path outside every route is a 404.
+    pub routes: Vec<Route>,
     /// Environment variables the guest sees through `wasi:cli/environment`,
     /// as `wasmtime serve --env` passes them; the host's own environment is
     /// not inherited.
     pub env: Vec<(String, String)>,
     /// Protocol and resource limits.
     pub limits: Limits,
+    /// Where compiled components are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    /// Reload a guest when its file changes.
+    pub watch: bool,
 }
 
 impl Config {
-    /// A configuration with default limits serving `root` with the default guest.
+    /// A configuration with default limits serving `root` with the default
+    /// guest on `/`, watching nothing and caching nothing.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Config {
             root: root.into(),
-            guest: GuestSource::Default,
+            routes: vec![Route {
+                prefix: "/".to_owned(),
+                guest: GuestSource::Default,
+            }],
             env: Vec::new(),
             limits: Limits::default(),
+            cache_dir: None,
+            watch: false,
         }
+    }
+
+    /// The same configuration with `guest` on `/`.
+    pub fn with_guest(mut self, guest: GuestSource) -> Self {
+        self.routes.retain(|route| route.prefix != "/");
+        self.routes.push(Route {
+            prefix: "/".to_owned(),
+            guest,
+        });
+        self
     }
 }
 

@@ -17,17 +17,20 @@
 //! Layout:
 //! - [`config`]: the configuration and every limit, with its default.
 //! - [`server`]: binding, the accept loop, the connection cap.
+//! - [`routes`]: which guest serves which path prefix.
 //! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
 //!   WebSocket upgrades).
-//! - [`wasm`]: the engine, loading a guest, running a request or a
-//!   WebSocket session through it.
+//! - [`wasm`]: the engine, the compiled-component cache, loading a guest
+//!   and reloading it live, running a request or a WebSocket session
+//!   through it.
 
 pub mod config;
 pub mod proto;
+pub mod routes;
 pub mod server;
 pub mod wasm;
 
-pub use config::{Config, GuestSource, Limits};
-pub use server::{Monitor, Server, StartError, bind};
+pub use config::{Config, GuestSource, Limits, Route};
+pub use server::{Monitor, Reloader, Server, StartError, bind};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

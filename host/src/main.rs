@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use wasmhttpd::config::{self, Config, GuestSource, Limits};
+use wasmhttpd::config::{self, Config, GuestSource, Limits, Route};
+use wasmhttpd::wasm::cache::CompiledCache;
 
 /// A web server whose request handlers are sandboxed WebAssembly components.
 #[derive(Debug, Parser)]
@@ -20,10 +21,34 @@ struct Args {
     #[arg(long, env = "WASMHTTPD_ROOT", default_value = config::DEFAULT_ROOT)]
     root: PathBuf,
 
-    /// A wasi:http component (`.wasm`) to handle requests instead of the
-    /// built-in static-file guest.
+    /// A wasi:http component (`.wasm`) to handle requests on `/` instead
+    /// of the built-in static-file guest. Reloaded when the file changes.
     #[arg(long, env = "WASMHTTPD_GUEST")]
     guest: Option<PathBuf>,
+
+    /// Mount a component at a path prefix: `/api=api.wasm`. Repeatable; the
+    /// longest matching prefix serves a request. Reloaded when the file
+    /// changes.
+    #[arg(long = "route", value_name = "PREFIX=FILE", value_parser = route)]
+    routes: Vec<Route>,
+
+    /// Serve only the `--route` components: no guest on `/` unless a route
+    /// names it, and paths outside every route get 404.
+    #[arg(long)]
+    no_default_guest: bool,
+
+    /// Do not watch guest files; reload them on SIGHUP only.
+    #[arg(long)]
+    no_watch: bool,
+
+    /// Directory for compiled components [default: the user's cache
+    /// directory, e.g. ~/.cache/wasmhttpd].
+    #[arg(long, value_name = "DIR", env = "WASMHTTPD_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Compile every component at start, without a cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
 
     /// Set an environment variable for the guest, as `wasmtime serve --env`
     /// does: `NAME=VALUE`, or `NAME` alone to pass on this process's
@@ -79,9 +104,29 @@ impl Args {
         let secs = |name: &str, value: f64| {
             Duration::try_from_secs_f64(value).with_context(|| format!("invalid --{name} {value}"))
         };
+        let mut routes = Vec::new();
+        if let Some(guest) = self.guest {
+            routes.push(Route::new("/", GuestSource::File(guest)).expect("/ is a valid prefix"));
+        } else if !self.no_default_guest {
+            routes.push(Route::new("/", GuestSource::Default).expect("/ is a valid prefix"));
+        }
+        for route in self.routes {
+            routes.retain(|existing| existing.prefix != route.prefix || route.prefix != "/");
+            routes.push(route);
+        }
+        if routes.is_empty() {
+            anyhow::bail!("no guest to serve: give --guest or --route");
+        }
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.or_else(CompiledCache::default_dir)
+        };
         Ok(Config {
             root: self.root,
-            guest: self.guest.map_or(GuestSource::Default, GuestSource::File),
+            routes,
+            cache_dir,
+            watch: !self.no_watch,
             env: self.env,
             limits: Limits {
                 guest_timeout: secs("guest-timeout", self.guest_timeout)?,
@@ -101,6 +146,17 @@ impl Args {
             },
         })
     }
+}
+
+/// Parses one `--route` argument.
+fn route(arg: &str) -> Result<Route, String> {
+    let (prefix, file) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected PREFIX=FILE, got {arg:?}"))?;
+    if file.is_empty() {
+        return Err(format!("no component file in {arg:?}"));
+    }
+    Route::new(prefix, GuestSource::File(file.into()))
 }
 
 /// Parses one `--env` argument.
@@ -134,9 +190,20 @@ async fn main() -> anyhow::Result<()> {
     let server = wasmhttpd::Server::new(config)?;
     let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    tokio::spawn(reload_on_sighup(server.reloader()));
     eprintln!("listening on http://{addr}/");
     server.run(listener, shutdown_signal()).await;
     Ok(())
+}
+
+/// Reloads every guest file on each SIGHUP.
+async fn reload_on_sighup(reloader: wasmhttpd::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup()).expect("install the SIGHUP handler");
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading guests");
+        reloader.reload_all().await;
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -12,10 +12,13 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info_span};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, GuestSource, Limits};
 use crate::proto::conn::Conn;
+use crate::routes::Routes;
+use crate::wasm::cache::{CompiledCache, Digest};
 use crate::wasm::engine::new_engine;
-use crate::wasm::guest::{Guest, LoadError};
+use crate::wasm::guest::{GuestContext, LoadError};
+use crate::wasm::reload::{self, GuestSlot};
 
 /// Pending connections the kernel queues while all are busy.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -40,6 +43,9 @@ pub enum StartError {
     /// The guest component could not be loaded.
     #[error(transparent)]
     Guest(#[from] LoadError),
+    /// Two routes have the same prefix.
+    #[error("two routes have the prefix {0}")]
+    DuplicateRoute(String),
 }
 
 /// Binds `addr` with `SO_REUSEADDR`, so a restarted server gets its port
@@ -56,8 +62,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// What every connection of a server shares.
 pub(crate) struct Shared {
-    pub(crate) guest: Guest,
+    pub(crate) routes: Routes,
     pub(crate) limits: Limits,
+    guests: Arc<GuestContext>,
+    watch: bool,
     next_id: AtomicU64,
 }
 
@@ -81,12 +89,37 @@ pub struct Monitor {
 impl Monitor {
     /// Guest instances running a request now.
     pub fn requests_running(&self) -> usize {
-        self.shared.guest.requests_running()
+        self.shared.guests.requests_running()
     }
 
     /// WebSocket sessions open now.
     pub fn websocket_sessions(&self) -> usize {
-        self.shared.guest.websocket_sessions()
+        self.shared.guests.websocket_sessions()
+    }
+
+    /// The digest of the guest that serves `path` now.
+    pub fn guest_digest(&self, path: &str) -> Option<Digest> {
+        self.shared
+            .routes
+            .find(path)
+            .map(|slot| slot.current().digest)
+    }
+}
+
+/// Reloads a running server's guests on demand (SIGHUP in the binary).
+#[derive(Clone)]
+pub struct Reloader {
+    shared: Arc<Shared>,
+}
+
+impl Reloader {
+    /// Reloads every route whose guest comes from a file; logs each outcome.
+    pub async fn reload_all(&self) {
+        for slot in self.shared.routes.slots() {
+            if matches!(slot.source(), GuestSource::File(_)) {
+                slot.reload_and_log().await;
+            }
+        }
     }
 }
 
@@ -112,18 +145,52 @@ impl Server {
             });
         }
         let engine = new_engine(&config.limits).map_err(StartError::Engine)?;
-        let guest = Guest::load(&engine, &config.guest, &root, &config.env, &config.limits)?;
+        let guests = Arc::new(GuestContext::new(
+            engine,
+            root,
+            config.env,
+            &config.limits,
+            CompiledCache::new(config.cache_dir),
+        ));
+        let mut table: Vec<(String, Arc<GuestSlot>)> = Vec::new();
+        for route in config.routes {
+            if table.iter().any(|(prefix, _)| *prefix == route.prefix) {
+                return Err(StartError::DuplicateRoute(route.prefix));
+            }
+            let slot = GuestSlot::load(guests.clone(), route.guest)?;
+            table.push((route.prefix, Arc::new(slot)));
+        }
         Ok(Server {
             shared: Arc::new(Shared {
-                guest,
+                routes: Routes::new(table),
                 limits: config.limits,
+                guests,
+                watch: config.watch,
                 next_id: AtomicU64::new(1),
             }),
         })
     }
 
+    /// A handle that reloads this server's guests.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Accepts and serves connections until `shutdown` completes.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        // Kept alive for as long as the server runs.
+        let _watcher = if self.shared.watch {
+            let slots = self.shared.routes.slots().cloned().collect();
+            reload::watch(slots)
+                .inspect_err(
+                    |err| error!(cause = %err, "cannot watch guest files; reload with SIGHUP"),
+                )
+                .ok()
+        } else {
+            None
+        };
         let connections = Arc::new(Semaphore::new(self.shared.limits.max_connections));
         tokio::pin!(shutdown);
         loop {

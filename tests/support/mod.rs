@@ -88,13 +88,12 @@ impl TestServer {
     /// The default guest on `root`, configured by `env` (`--env` pairs).
     pub fn static_files_with(root: &Path, env: &[(&str, &str)]) -> TestServer {
         TestServer::start(Config {
-            root: root.to_owned(),
-            guest: GuestSource::Default,
             env: env
                 .iter()
                 .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
                 .collect(),
             limits: test_limits(),
+            ..Config::new(root)
         })
     }
 
@@ -106,10 +105,8 @@ impl TestServer {
     /// The component `guest` on `root`.
     pub fn guest(guest: PathBuf, root: &Path, limits: Limits) -> TestServer {
         TestServer::start(Config {
-            root: root.to_owned(),
-            guest: GuestSource::File(guest),
-            env: Vec::new(),
             limits,
+            ..Config::new(root).with_guest(GuestSource::File(guest))
         })
     }
 

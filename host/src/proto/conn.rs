@@ -83,23 +83,38 @@ impl Conn {
             let method = head.method.clone();
             let target = head.uri.path_and_query().map(|pq| pq.to_string());
             let target = target.unwrap_or_else(|| "/".to_owned());
-            if websocket::wants_upgrade(&head) && self.shared.guest.has_websocket() {
-                return self.websocket(head, id, target).await;
+            // The version running now serves this whole request.
+            let guest = self
+                .shared
+                .routes
+                .find(head.uri.path())
+                .map(|slot| slot.current());
+            if let Some(guest) = &guest
+                && websocket::wants_upgrade(&head)
+                && guest.has_websocket()
+            {
+                return self.websocket(head, id, target, guest.clone()).await;
             }
             let (version, keep_alive) = (head.version, head.keep_alive);
             let request = match self.read_body(&head).await {
                 Ok(body) => into_request(head, body),
                 Err(err) => return self.refuse(err).await,
             };
-            let sent = match self.shared.guest.handle(request).await {
-                Ok(response) => {
-                    self.write_response(response, &method, version, keep_alive)
+            let sent = match guest {
+                None => {
+                    self.write_error(StatusCode::NOT_FOUND, version, keep_alive)
                         .await
                 }
-                Err(err) => {
-                    warn!(id, %method, %target, cause = %err, "guest failed");
-                    self.write_error(err.status(), version, keep_alive).await
-                }
+                Some(guest) => match guest.handle(request).await {
+                    Ok(response) => {
+                        self.write_response(response, &method, version, keep_alive)
+                            .await
+                    }
+                    Err(err) => {
+                        warn!(id, %method, %target, cause = %err, "guest failed");
+                        self.write_error(err.status(), version, keep_alive).await
+                    }
+                },
             };
             self.served += 1;
             let Ok(sent) = sent else {

@@ -24,7 +24,10 @@ use tracing::{debug, info, warn};
 
 use super::conn::Conn;
 use super::role::{self, BodyKind, RequestHead};
+use std::sync::Arc;
+
 use crate::config::Limits;
+use crate::wasm::guest::Guest;
 use crate::wasm::websocket::{Message, Opened, Session, Upgrade};
 
 /// The one protocol version this server speaks (RFC 6455 §4.4).
@@ -136,7 +139,13 @@ fn encode_switch(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, date: 
 impl Conn {
     /// Answers a WebSocket upgrade and, if the guest accepts it, runs the
     /// session until it closes. The connection ends with it.
-    pub(super) async fn websocket(mut self, head: RequestHead, id: u64, target: String) {
+    pub(super) async fn websocket(
+        mut self,
+        head: RequestHead,
+        id: u64,
+        target: String,
+        guest: Arc<Guest>,
+    ) {
         let handshake = match check(&head) {
             Ok(handshake) => handshake,
             Err(err) => {
@@ -167,7 +176,7 @@ impl Conn {
                 .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
                 .collect(),
         };
-        let (session, protocol) = match self.shared.guest.open_websocket(upgrade).await {
+        let (session, protocol) = match guest.open_websocket(upgrade).await {
             Ok(Opened::Accepted(session, protocol)) => (session, protocol),
             Ok(Opened::Refused) => {
                 return self

@@ -19,7 +19,7 @@ use http_body_util::Full;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -27,6 +27,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::cache::{CompiledCache, Digest, Origin};
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits};
 
@@ -90,63 +91,43 @@ impl GuestError {
 /// A response whose body the guest may still be writing.
 pub type GuestResponse = http::Response<GuestBody>;
 
-/// A loaded, linked, pre-instantiated guest component.
-pub struct Guest {
-    pre: ProxyPre<GuestState>,
+/// What every guest of a server shares, across routes and reloads: the
+/// engine, what an instance sees (web root, environment), its deadline,
+/// the compiled-component cache, and the instance pool's admission.
+pub struct GuestContext {
+    engine: Engine,
     root: PathBuf,
-    env: Arc<[(String, String)]>,
+    env: Vec<(String, String)>,
     pub(super) timeout: Duration,
+    cache: CompiledCache,
     instances: Arc<Semaphore>,
     max_instances: usize,
-    /// The WebSocket export, when the component has one.
-    pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
     /// Open WebSocket sessions' share of the instance pool.
     pub(super) websocket_slots: Arc<Semaphore>,
     max_websockets: usize,
 }
 
-impl Guest {
-    /// Compiles and links the component named by `source`; each instance
-    /// gets `root` preopened and `env` as its environment.
-    pub fn load(
-        engine: &Engine,
-        source: &GuestSource,
-        root: &Path,
-        env: &[(String, String)],
+impl GuestContext {
+    /// A context whose instances get `root` preopened read-only at `/`
+    /// and `env` as their environment.
+    pub fn new(
+        engine: Engine,
+        root: PathBuf,
+        env: Vec<(String, String)>,
         limits: &Limits,
-    ) -> Result<Guest, LoadError> {
-        let (name, bytes) = match source {
-            GuestSource::Default => ("default guest".to_owned(), crate::DEFAULT_GUEST.to_vec()),
-            GuestSource::File(path) => (
-                path.display().to_string(),
-                std::fs::read(path).map_err(|source| LoadError::Read {
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
-        };
-        let invalid = |source| LoadError::Invalid {
-            name: name.clone(),
-            source,
-        };
-        let component = Component::new(engine, &bytes).map_err(invalid)?;
-        let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
-        let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
-        let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
-        Ok(Guest {
-            pre,
-            root: root.to_owned(),
-            env: env.into(),
+        cache: CompiledCache,
+    ) -> Self {
+        GuestContext {
+            engine,
+            root,
+            env,
             timeout: limits.guest_timeout,
+            cache,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
             max_instances: limits.max_instances as usize,
-            websocket,
             websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
             max_websockets: limits.max_websockets as usize,
-        })
+        }
     }
 
     /// Instances running a request now, from instantiation until the
@@ -159,6 +140,76 @@ impl Guest {
     pub fn websocket_sessions(&self) -> usize {
         self.max_websockets - self.websocket_slots.available_permits()
     }
+}
+
+/// A loaded, linked, pre-instantiated guest component: one version of one
+/// route's guest.
+pub struct Guest {
+    pre: ProxyPre<GuestState>,
+    /// The WebSocket export, when the component has one.
+    pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
+    pub(super) ctx: Arc<GuestContext>,
+    /// The component's SHA-256.
+    pub digest: Digest,
+}
+
+/// A guest just loaded, and how.
+pub struct Loaded {
+    /// The guest.
+    pub guest: Guest,
+    /// Whether its code came from the cache.
+    pub origin: Origin,
+    /// Time taken to compile (or read) and link it.
+    pub elapsed: Duration,
+}
+
+impl GuestSource {
+    /// A name for logs, and the component's bytes.
+    pub fn read(&self) -> Result<(String, Vec<u8>), LoadError> {
+        match self {
+            GuestSource::Default => Ok(("default guest".to_owned(), crate::DEFAULT_GUEST.to_vec())),
+            GuestSource::File(path) => Ok((
+                path.display().to_string(),
+                std::fs::read(path).map_err(|source| LoadError::Read {
+                    path: path.clone(),
+                    source,
+                })?,
+            )),
+        }
+    }
+}
+
+impl Guest {
+    /// Compiles (or reads from the cache) and links the component `bytes`,
+    /// named `name` in errors.
+    pub fn load(ctx: &Arc<GuestContext>, name: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+        let started = std::time::Instant::now();
+        let invalid = |source| LoadError::Invalid {
+            name: name.to_owned(),
+            source,
+        };
+        let digest = Digest::of(bytes);
+        let (component, origin) = ctx
+            .cache
+            .load(&ctx.engine, bytes, &digest)
+            .map_err(invalid)?;
+        let mut linker = Linker::new(&ctx.engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
+        let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
+        let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
+        Ok(Loaded {
+            guest: Guest {
+                pre,
+                websocket,
+                ctx: ctx.clone(),
+                digest,
+            },
+            origin,
+            elapsed: started.elapsed(),
+        })
+    }
 
     /// Runs `request` through a fresh instance.
     ///
@@ -168,8 +219,8 @@ impl Guest {
         &self,
         request: http::Request<Full<Bytes>>,
     ) -> Result<GuestResponse, GuestError> {
-        let deadline = Instant::now() + self.timeout;
-        let permit = tokio::time::timeout_at(deadline, self.instances.clone().acquire_owned())
+        let deadline = Instant::now() + self.ctx.timeout;
+        let permit = tokio::time::timeout_at(deadline, self.ctx.instances.clone().acquire_owned())
             .await
             .map_err(|_| GuestError::Timeout)?
             .expect("the instance semaphore is never closed");
@@ -224,7 +275,7 @@ impl Guest {
         deadline: Instant,
         lifted: Arc<AtomicBool>,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        let state = GuestState::new(&self.ctx.root, &self.ctx.env, deadline, lifted)?;
         let mut store = Store::new(self.pre.engine(), state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {

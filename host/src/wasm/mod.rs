@@ -1,10 +1,13 @@
-//! The WebAssembly side: the engine, loading a guest component, running
-//! one request through a fresh instance of it, and WebSocket sessions in
-//! an instance of their own.
+//! The WebAssembly side: the engine, the compiled-component cache, loading
+//! a guest component and swapping in new versions, running one request
+//! through a fresh instance of it, and WebSocket sessions in an instance
+//! of their own.
 //!
 //! It meets the HTTP side at `http::Request` / `http::Response`, and at
 //! whole WebSocket messages.
 
+pub mod cache;
 pub mod engine;
 pub mod guest;
+pub mod reload;
 pub mod websocket;

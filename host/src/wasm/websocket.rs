@@ -70,11 +70,12 @@ impl Guest {
     pub async fn open_websocket(&self, upgrade: Upgrade) -> Result<Opened, GuestError> {
         let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
         let slot = self
+            .ctx
             .websocket_slots
             .clone()
             .try_acquire_owned()
             .map_err(|_| GuestError::Busy)?;
-        let deadline = Instant::now() + self.timeout;
+        let deadline = Instant::now() + self.ctx.timeout;
         let mut store = self
             .new_store(deadline, Arc::new(AtomicBool::new(false)))
             .map_err(GuestError::Setup)?;
@@ -86,7 +87,7 @@ impl Guest {
         let mut session = Session {
             store,
             handler,
-            timeout: self.timeout,
+            timeout: self.ctx.timeout,
             _slot: slot,
         };
         let deadline = session.arm();
