@@ -16,7 +16,10 @@ use support::{client, demo_root, fault_guest, get};
 struct Running {
     child: Child,
     addr: SocketAddr,
-    /// Its stderr lines after the one that gave the address.
+    /// Its stderr lines before the one that gave the address, not yet
+    /// looked at.
+    early: std::cell::RefCell<Vec<String>>,
+    /// Its stderr lines after that one.
     log: mpsc::Receiver<String>,
 }
 
@@ -32,13 +35,19 @@ impl Running {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Waits for a stderr line containing `text`.
-    fn wait_for_log(&self, text: &str) {
+    /// Waits for a stderr line containing `text` and returns it; lines
+    /// before it are passed over.
+    fn wait_for_log(&self, text: &str) -> String {
+        let mut early = self.early.borrow_mut();
+        if let Some(at) = early.iter().position(|line| line.contains(text)) {
+            return early.drain(..=at).last().unwrap();
+        }
+        early.clear();
         let deadline = Instant::now() + support::CLIENT_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return,
+                Ok(line) if line.contains(text) => return line,
                 Ok(_) => continue,
                 Err(_) => panic!("no log line with {text:?}"),
             }
@@ -65,12 +74,18 @@ fn start(command: &mut Command, marker: &str) -> Running {
         .spawn()
         .expect("spawn server");
     let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    let (sender, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut early = Vec::new();
     let addr = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("server exited before printing {marker:?}"))
-            .unwrap();
+        let line = log
+            .recv_timeout(support::CLIENT_TIMEOUT)
+            .unwrap_or_else(|_| panic!("server exited before printing {marker:?}: {early:?}"));
         if let Some(rest) = line.split(marker).nth(1) {
             let addr = rest.trim().trim_end_matches('/');
             break addr
@@ -78,15 +93,14 @@ fn start(command: &mut Command, marker: &str) -> Running {
                 .parse()
                 .expect("address");
         }
+        early.push(line);
     };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let (sender, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    Running { child, addr, log }
+    Running {
+        child,
+        addr,
+        early: std::cell::RefCell::new(early),
+        log,
+    }
 }
 
 fn start_wasmhttpd(args: &[&str]) -> Running {
@@ -466,4 +480,94 @@ fn the_guest_is_told_how_each_session_ended() {
     let (socket, _) = tungstenite::connect(&url).unwrap();
     drop(socket);
     server.wait_for_log("on-close 1006");
+}
+
+/// Starts the binary with info logs, `--cache-dir cache`, and `args`.
+fn start_logged(cache: &Path, args: &[&str]) -> Running {
+    start(
+        wasmhttpd()
+            .env("RUST_LOG", "info")
+            .args(["--listen", "127.0.0.1:0", "--cache-dir"])
+            .arg(cache)
+            .args(args),
+        "listening on http://",
+    )
+}
+
+#[test]
+fn a_warm_cache_skips_compilation_and_a_corrupt_entry_is_rebuilt() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = demo_root();
+    let args = ["--root", root.to_str().unwrap()];
+    let cold = start_logged(cache.path(), &args);
+    let loaded = cold.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"compiled\""), "{loaded}");
+    drop(cold);
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1, "one compiled component: {entries:?}");
+
+    let warm = start_logged(cache.path(), &args);
+    let loaded = warm.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"cache\""), "{loaded}");
+    assert_eq!(get(&client(), &warm.url("/")).0, 200);
+    drop(warm);
+
+    // Flip one byte in the middle of the compiled code.
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).unwrap();
+    let rebuilt = start_logged(cache.path(), &args);
+    let ignored = rebuilt.wait_for_log("ignoring a bad cache entry");
+    assert!(ignored.contains("checksum mismatch"), "{ignored}");
+    let loaded = rebuilt.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"compiled\""), "{loaded}");
+    assert_eq!(get(&client(), &rebuilt.url("/")).0, 200);
+    drop(rebuilt);
+    // The entry was written again, whole.
+    let warm = start_logged(cache.path(), &args);
+    assert!(warm.wait_for_log("loaded guest").contains("code=\"cache\""));
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest.wasm");
+    std::fs::copy(support::plain_guest(), &guest).unwrap();
+    let root = demo_root();
+    let server = start_logged(
+        dir.path(),
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--guest",
+            guest.to_str().unwrap(),
+            "--no-watch",
+        ],
+    );
+    let ok = || get(&client(), &server.url("/ok")).2;
+    assert_eq!(ok(), b"plain GET /ok version=\n");
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    std::fs::write(&guest, b"\0asm not a component").unwrap();
+    hangup();
+    let kept = server.wait_for_log("kept the running guest");
+    assert!(kept.contains("invalid guest component"), "{kept}");
+    assert_eq!(ok(), b"plain GET /ok version=\n");
+
+    std::fs::copy(fault_guest(), &guest).unwrap();
+    hangup();
+    let swapped = server.wait_for_log("swapped in a new guest");
+    assert!(swapped.contains("digest=sha256:"), "{swapped}");
+    assert!(swapped.contains(&guest.display().to_string()), "{swapped}");
+    assert_eq!(ok(), b"ok");
 }

@@ -97,6 +97,12 @@ impl Monitor {
         self.shared.guests.websocket_sessions()
     }
 
+    /// For the route that takes `path`: reloads that swapped a new guest
+    /// in, and reloads that failed and kept the running one.
+    pub fn reloads(&self, path: &str) -> Option<(u64, u64)> {
+        self.shared.routes.find(path).map(|slot| slot.reloads())
+    }
+
     /// The digest of the guest that serves `path` now.
     pub fn guest_digest(&self, path: &str) -> Option<Digest> {
         self.shared

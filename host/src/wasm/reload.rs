@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct GuestSlot {
     current: RwLock<Arc<Guest>>,
     /// One reload at a time per slot.
     reloading: tokio::sync::Mutex<()>,
+    /// Reloads that swapped a new version in.
+    swaps: AtomicU64,
+    /// Reloads that kept the running version because the new one failed.
+    failures: AtomicU64,
 }
 
 /// What a reload did.
@@ -73,6 +78,8 @@ impl GuestSlot {
             source,
             current: RwLock::new(Arc::new(loaded.guest)),
             reloading: tokio::sync::Mutex::new(()),
+            swaps: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         })
     }
 
@@ -89,9 +96,28 @@ impl GuestSlot {
         &self.source
     }
 
+    /// Reloads so far that swapped in a new version, and that failed.
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.swaps.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+
     /// Reads the source again and, if it changed, swaps the new version in.
     pub async fn reload(&self) -> Result<Reloaded, LoadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let reloaded = self.load_again().await;
+        let counter = match reloaded {
+            Ok(Reloaded::Swapped { .. }) => &self.swaps,
+            Ok(Reloaded::Unchanged(_)) => return reloaded,
+            Err(_) => &self.failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        reloaded
+    }
+
+    async fn load_again(&self) -> Result<Reloaded, LoadError> {
         let running = self.current().digest;
         let (ctx, source) = (self.ctx.clone(), self.source.clone());
         let loaded = tokio::task::spawn_blocking(move || {
