@@ -40,7 +40,7 @@ impl Running {
     fn wait_for_log(&self, text: &str) -> String {
         let mut early = self.early.borrow_mut();
         if let Some(at) = early.iter().position(|line| line.contains(text)) {
-            return early.drain(..=at).last().unwrap();
+            return early.drain(..=at).next_back().unwrap();
         }
         early.clear();
         let deadline = Instant::now() + support::CLIENT_TIMEOUT;
