@@ -2,6 +2,8 @@
 //!
 //! - `wasmhttpd-guest` (the default static-file guest) is embedded in the
 //!   host as `DEFAULT_GUEST`.
+//! - `wasmhttpd-register-guest` (the demo's form handler, `guests/register`)
+//!   is found by the tests through `WASMHTTPD_REGISTER_GUEST`.
 //! - `wasmhttpd-fault-guest` (a guest that loops, traps, or exhausts memory
 //!   on request) and `wasmhttpd-plain-guest` (one without the WebSocket
 //!   export) are only for the integration tests, which find them through
@@ -16,8 +18,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 3] = [
+const GUESTS: [&str; 4] = [
     "wasmhttpd-guest",
+    "wasmhttpd-register-guest",
     "wasmhttpd-fault-guest",
     "wasmhttpd-plain-guest",
 ];
@@ -28,7 +31,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target_dir = out_dir.join("guests");
 
-    for input in ["guest", "tests/guests", "wit", "Cargo.lock"] {
+    for input in ["guest", "guests", "tests/guests", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
@@ -69,6 +72,7 @@ fn main() {
     )
     .expect("write guests.rs");
     for (variable, package) in [
+        ("WASMHTTPD_REGISTER_GUEST", "wasmhttpd-register-guest"),
         ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
         ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),
     ] {

@@ -240,3 +240,99 @@ fn duplicate_or_malformed_prefixes_are_refused() {
         assert!(Route::new(bad, GuestSource::Default).is_err(), "{bad}");
     }
 }
+
+/// The demo site with the form guest mounted on `/register`.
+fn demo_with_register() -> &'static TestServer {
+    static SERVER: std::sync::OnceLock<TestServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        TestServer::start(Config {
+            routes: vec![
+                Route::new("/", GuestSource::Default).unwrap(),
+                Route::new("/register", GuestSource::File(support::register_guest())).unwrap(),
+            ],
+            limits: test_limits(),
+            ..Config::new(demo_root())
+        })
+    })
+}
+
+fn post_form(body: &[u8], content_type: &str) -> support::Response {
+    let mut request = format!(
+        "POST /register HTTP/1.1\r\nHost: t\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    exchange_at(demo_with_register().addr, &request)
+}
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[test]
+fn the_form_guest_echoes_the_fields_escaped() {
+    let response = post_form(
+        b"name=%3Cb%3EAda%3C%2Fb%3E+Lovelace&email=ada%40example.org\
+          &password=hunter2hunter2&newsletter=yes",
+        FORM,
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let page = response.text();
+    assert!(
+        page.contains("Welcome, &lt;b&gt;Ada&lt;/b&gt; Lovelace!"),
+        "{page}"
+    );
+    assert!(page.contains("<tr><th>email</th><td>ada@example.org</td></tr>"));
+    assert!(page.contains("<tr><th>newsletter</th><td>yes</td></tr>"));
+    assert!(!page.contains("<b>Ada"), "never markup from the form");
+    assert!(!page.contains("hunter2"), "never the password");
+    assert!(page.contains("(14 characters, not shown)"));
+}
+
+#[test]
+fn the_form_guest_refuses_what_is_not_a_good_form() {
+    for body in [
+        &b"name=%zz&email=x"[..],
+        b"name=%ff&email=x",
+        b"=x",
+        b"name=Ada",
+    ] {
+        let response = post_form(body, FORM);
+        assert_eq!(response.status, 400, "{}", String::from_utf8_lossy(body));
+    }
+    assert_eq!(
+        post_form(b"{\"name\":\"Ada\"}", "application/json").status,
+        415
+    );
+    let large = format!("name=Ada&email=a%40b&notes={}", "x".repeat(20_000));
+    assert_eq!(post_form(large.as_bytes(), FORM).status, 413);
+    // Chunked, so the guest finds out while reading.
+    let request = format!(
+        "POST /register HTTP/1.1\r\nHost: t\r\nContent-Type: {FORM}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{large}\r\n0\r\n\r\n",
+        large.len()
+    )
+    .into_bytes();
+    assert_eq!(exchange_at(demo_with_register().addr, &request).status, 413);
+}
+
+#[test]
+fn get_reads_the_static_form_and_post_goes_to_the_guest() {
+    let addr = demo_with_register().addr;
+    let page = exchange_at(
+        addr,
+        b"GET /register.html HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("action=\"/register\""));
+    let get = exchange_at(
+        addr,
+        b"GET /register HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(get.status, 405);
+    assert_eq!(get.header("allow"), Some("POST"));
+}

@@ -34,6 +34,11 @@ pub fn test_limits() -> Limits {
     }
 }
 
+/// The demo's form guest (`guests/register`) built by `host/build.rs`.
+pub fn register_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_REGISTER_GUEST"))
+}
+
 /// The plain guest (no WebSocket export) built by `host/build.rs`.
 pub fn plain_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_PLAIN_GUEST"))
