@@ -571,3 +571,45 @@ fn sighup_reloads_and_a_bad_file_is_reported() {
     assert!(swapped.contains(&guest.display().to_string()), "{swapped}");
     assert_eq!(ok(), b"ok");
 }
+
+#[test]
+fn a_configuration_file_takes_the_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "from the file's root").unwrap();
+    std::fs::copy(support::register_guest(), dir.path().join("register.wasm")).unwrap();
+    let file = dir.path().join("wasmhttpd.toml");
+    std::fs::write(
+        &file,
+        r#"
+listen = "127.0.0.1:1"
+root = "site"
+route = ["/register=register.wasm"]
+env = ["WASMHTTPD_CACHE_CONTROL=max-age=5"]
+no-cache = true
+"#,
+    )
+    .unwrap();
+    // The command line's --listen wins over the file's unusable port.
+    let server = start(
+        wasmhttpd()
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&file),
+        "listening on http://",
+    );
+    let page = support::exchange_at(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(page.text(), "from the file's root");
+    assert_eq!(page.header("cache-control"), Some("max-age=5"));
+    let form = support::exchange_at(
+        server.addr,
+        b"GET /register HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(form.header("allow"), Some("POST"), "the file's route");
+
+    std::fs::write(&file, "guest-timeut = 3\n").unwrap();
+    let stderr = startup_failure(&["--config", file.to_str().unwrap()]);
+    assert!(stderr.contains("guest-timeut"), "{stderr}");
+}

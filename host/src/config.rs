@@ -1,7 +1,10 @@
-//! Server configuration: the web root, the guest, and every limit.
+//! Server configuration: the web root, the guests and their routes, and
+//! every limit; [`file`] reads the optional configuration file.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+pub mod file;
 
 /// Address the server listens on when none is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use wasmhttpd::config::file::FileConfig;
 use wasmhttpd::config::{self, Config, GuestSource, Limits, Route};
 use wasmhttpd::wasm::cache::CompiledCache;
 
@@ -13,6 +15,11 @@ use wasmhttpd::wasm::cache::CompiledCache;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// A TOML file whose keys are these flags' long names (`listen`,
+    /// `route = [...]`, `guest-timeout`, ...); flags given here win.
+    #[arg(long, value_name = "FILE", env = "WASMHTTPD_CONFIG")]
+    config: Option<PathBuf>,
+
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WASMHTTPD_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -100,6 +107,73 @@ struct Args {
 }
 
 impl Args {
+    /// The command line, with the configuration file's values for every
+    /// flag the command line left at its default.
+    fn parse_with_file() -> anyhow::Result<Args> {
+        let matches = Args::command().get_matches();
+        let mut args = Args::from_arg_matches(&matches)?;
+        let Some(path) = args.config.clone() else {
+            return Ok(args);
+        };
+        let file = FileConfig::load(&path)?;
+        let unset = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                None | Some(ValueSource::DefaultValue)
+            )
+        };
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if unset(stringify!($field)) && let Some(value) = file.$field {
+                    args.$field = value;
+                }
+            )*};
+        }
+        take!(
+            listen,
+            root,
+            guest_timeout,
+            guest_memory,
+            max_body,
+            keep_alive_timeout,
+            header_timeout,
+            max_connections,
+            max_instances,
+            ws_max_message,
+            ws_idle_timeout,
+            max_websockets,
+            no_default_guest,
+            no_watch,
+            no_cache
+        );
+        macro_rules! take_some {
+            ($($field:ident),*) => {$(
+                if unset(stringify!($field)) && file.$field.is_some() {
+                    args.$field = file.$field;
+                }
+            )*};
+        }
+        take_some!(guest, cache_dir);
+        let invalid = |what: &str, err: String| {
+            anyhow::anyhow!("invalid {what} in {}: {err}", path.display())
+        };
+        let mut routes = file
+            .route
+            .iter()
+            .map(|arg| route(arg).map_err(|err| invalid("route", err)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        routes.append(&mut args.routes);
+        args.routes = routes;
+        let mut env = file
+            .env
+            .iter()
+            .map(|arg| guest_env(arg).map_err(|err| invalid("env", err)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        env.append(&mut args.env);
+        args.env = env;
+        Ok(args)
+    }
+
     fn into_config(self) -> anyhow::Result<Config> {
         let secs = |name: &str, value: f64| {
             Duration::try_from_secs_f64(value).with_context(|| format!("invalid --{name} {value}"))
@@ -186,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    let args = Args::parse();
+    let args = Args::parse_with_file()?;
     let listen = args.listen;
     let config = args.into_config()?;
     let server = wasmhttpd::Server::new(config)?;
