@@ -145,3 +145,53 @@ fn a_streamed_body_arrives_intact_after_faults() {
     );
     assert_closed(&mut reader);
 }
+
+/// The fault guest with instances reused for `reuse` requests.
+fn reusing(reuse: usize) -> TestServer {
+    TestServer::faults(Limits {
+        reuse,
+        guest_timeout: Duration::from_secs(1),
+        ..test_limits()
+    })
+}
+
+fn count(server: &TestServer) -> u64 {
+    let response = server.exchange(b"GET /count HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(response.status, 200);
+    response.text().parse().unwrap()
+}
+
+#[test]
+fn a_fresh_instance_per_request_by_default() {
+    let server = TestServer::faults(test_limits());
+    for _ in 0..5 {
+        assert_eq!(count(&server), 1, "no state survives a request");
+    }
+}
+
+#[test]
+fn reuse_serves_several_requests_per_instance_and_no_more() {
+    let server = reusing(3);
+    let counts: Vec<u64> = (0..9).map(|_| count(&server)).collect();
+    assert!(counts.iter().all(|&c| (1..=3).contains(&c)), "{counts:?}");
+    assert!(
+        counts.contains(&3),
+        "an instance served three requests: {counts:?}"
+    );
+}
+
+#[test]
+fn a_fault_in_a_reused_instance_ends_that_instance_only() {
+    let server = reusing(100);
+    assert_eq!(count(&server), 1);
+    assert_eq!(count(&server), 2);
+    for (fault, status) in [("/trap", 500), ("/loop", 504), ("/sleep", 504)] {
+        let response = server.exchange(
+            format!("GET {fault} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(response.status, status, "{fault}");
+        // The next request runs in a new instance.
+        assert_eq!(count(&server), 1, "after {fault}");
+        assert_eq!(count(&server), 2, "after {fault}");
+    }
+}

@@ -576,3 +576,30 @@ fn head_gives_the_get_headers_for_every_kind_of_answer() {
         assert_eq!(get.status, status, "{target} {headers:?}");
     }
 }
+
+#[test]
+fn reused_instances_serve_the_same_bytes() {
+    let server = TestServer::start(wasmhttpd::Config {
+        limits: wasmhttpd::Limits {
+            reuse: 4,
+            ..support::test_limits()
+        },
+        ..wasmhttpd::Config::new(fixture_root())
+    });
+    let expected = noise(LARGE, 42);
+    let mut stream = server.connect();
+    let pipeline = "GET /large.bin HTTP/1.1\r\nHost: t\r\n\r\n\
+                    HEAD /data.json HTTP/1.1\r\nHost: t\r\n\r\n\
+                    GET /missing HTTP/1.1\r\nHost: t\r\n\r\n"
+        .repeat(3);
+    stream.write_all(pipeline.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    for _ in 0..3 {
+        let large = read_response(&mut reader, false);
+        assert!(large.body == expected, "large body differs");
+        let head = read_response(&mut reader, true);
+        assert_eq!(head.header("content-length"), Some("11"));
+        let missing = read_response(&mut reader, false);
+        assert_eq!(missing.status, 404);
+    }
+}

@@ -57,6 +57,11 @@ pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// it, upgrades get 503.
 pub const DEFAULT_MAX_WEBSOCKETS: u32 = 1000;
 
+/// Requests one guest instance serves before it is dropped: 1, a fresh
+/// instance per request, is the strongest isolation (no state survives
+/// from one request to the next).
+pub const DEFAULT_REUSE: usize = 1;
+
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestSource {
@@ -168,6 +173,8 @@ pub struct Limits {
     pub ws_idle_timeout: Duration,
     /// WebSocket sessions open at once (each with its own instance).
     pub max_websockets: u32,
+    /// Requests one instance serves, one at a time.
+    pub reuse: usize,
 }
 
 impl Default for Limits {
@@ -185,6 +192,7 @@ impl Default for Limits {
             ws_max_message: DEFAULT_WS_MAX_MESSAGE,
             ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
+            reuse: DEFAULT_REUSE,
         }
     }
 }

@@ -101,6 +101,14 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_WS_IDLE_TIMEOUT.as_secs_f64())]
     ws_idle_timeout: f64,
 
+    /// Requests one guest instance serves, one after another, before it is
+    /// dropped. 1 (a fresh instance per request) isolates requests from each
+    /// other; more is faster, and state a guest keeps is seen by the next
+    /// request on the same instance.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_REUSE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    reuse: usize,
+
     /// WebSocket sessions open at once; more upgrades get 503.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_WEBSOCKETS)]
     max_websockets: u32,
@@ -216,6 +224,7 @@ impl Args {
                 ws_max_message: self.ws_max_message,
                 ws_idle_timeout: secs("ws-idle-timeout", self.ws_idle_timeout)?,
                 max_websockets: self.max_websockets,
+                reuse: self.reuse,
                 ..Limits::default()
             },
         })

@@ -46,6 +46,7 @@ pub struct FileConfig {
     pub ws_max_message: Option<usize>,
     pub ws_idle_timeout: Option<f64>,
     pub max_websockets: Option<u32>,
+    pub reuse: Option<usize>,
 }
 
 /// The file could not be used.

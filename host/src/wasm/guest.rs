@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
@@ -28,6 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
+use super::reuse::Reuse;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits};
 
@@ -99,6 +100,8 @@ pub struct GuestContext {
     root: PathBuf,
     env: Vec<(String, String)>,
     pub(super) timeout: Duration,
+    /// Requests one instance serves; 1 for a fresh instance per request.
+    reuse: usize,
     cache: CompiledCache,
     instances: Arc<Semaphore>,
     max_instances: usize,
@@ -122,6 +125,7 @@ impl GuestContext {
             root,
             env,
             timeout: limits.guest_timeout,
+            reuse: limits.reuse.max(1),
             cache,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
             max_instances: limits.max_instances as usize,
@@ -149,6 +153,8 @@ pub struct Guest {
     /// The WebSocket export, when the component has one.
     pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
     pub(super) ctx: Arc<GuestContext>,
+    /// The dispatcher that reuses instances, with `--reuse` above 1.
+    reuse: Option<Reuse>,
     /// The component's SHA-256.
     pub digest: Digest,
 }
@@ -199,11 +205,13 @@ impl Guest {
         let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
         let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
         let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
+        let reuse = (ctx.reuse > 1).then(|| Reuse::new(ctx.clone(), pre.clone(), ctx.reuse));
         Ok(Loaded {
             guest: Guest {
                 pre,
                 websocket,
                 ctx: ctx.clone(),
+                reuse,
                 digest,
             },
             origin,
@@ -224,9 +232,20 @@ impl Guest {
             .await
             .map_err(|_| GuestError::Timeout)?
             .expect("the instance semaphore is never closed");
+        if let Some(reuse) = &self.reuse {
+            let response = tokio::time::timeout_at(deadline, reuse.handle(request))
+                .await
+                .map_err(|_| GuestError::Timeout)??;
+            return Ok(response.map(|body| GuestBody {
+                body,
+                _task: None,
+                _permit: Some(permit),
+            }));
+        }
 
         let head_sent = Arc::new(AtomicBool::new(false));
         let mut store = self
+            .ctx
             .new_store(deadline, head_sent.clone())
             .map_err(GuestError::Setup)?;
 
@@ -251,7 +270,11 @@ impl Guest {
         match tokio::time::timeout_at(deadline, receiver).await {
             Ok(Ok(Ok(response))) => {
                 head_sent.store(true, Ordering::Relaxed);
-                Ok(response.map(|body| GuestBody { body, _task: task }))
+                Ok(response.map(|body| GuestBody {
+                    body,
+                    _task: Some(task),
+                    _permit: None,
+                }))
             }
             Ok(Ok(Err(code))) => Err(GuestError::ErrorCode(code)),
             // The outparam was dropped unset: the guest returned or trapped.
@@ -266,7 +289,7 @@ impl Guest {
     }
 }
 
-impl Guest {
+impl GuestContext {
     /// A store for one instance: the guest's WASI context, and an epoch
     /// callback that yields every tick and interrupts the guest once it is
     /// past its deadline, unless `lifted` is set by then.
@@ -275,8 +298,8 @@ impl Guest {
         deadline: Instant,
         lifted: Arc<AtomicBool>,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let state = GuestState::new(&self.ctx.root, &self.ctx.env, deadline, lifted)?;
-        let mut store = Store::new(self.pre.engine(), state);
+        let state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        let mut store = Store::new(&self.engine, state);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {
             let state = store.data();
@@ -311,7 +334,11 @@ impl Drop for AbortOnDrop {
 /// The body of a guest response; dropping it stops the guest.
 pub struct GuestBody {
     body: HyperOutgoingBody,
-    _task: AbortOnDrop,
+    /// A fresh instance's task, stopped with the body.
+    _task: Option<AbortOnDrop>,
+    /// The instance admission a reused instance's request holds until its
+    /// body is done.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Body for GuestBody {

@@ -10,4 +10,5 @@ pub mod cache;
 pub mod engine;
 pub mod guest;
 pub mod reload;
+mod reuse;
 pub mod websocket;

@@ -77,6 +77,7 @@ impl Guest {
             .map_err(|_| GuestError::Busy)?;
         let deadline = Instant::now() + self.ctx.timeout;
         let mut store = self
+            .ctx
             .new_store(deadline, Arc::new(AtomicBool::new(false)))
             .map_err(GuestError::Setup)?;
         let handler = match timeout_at(deadline, pre.instantiate_async(&mut store)).await {

@@ -12,6 +12,7 @@
 //! | `/no-response`      | returns without setting a response                         |
 //! | `/trap-after-head`  | sends a head promising 100 bytes, writes 10, then panics   |
 //! | `/short-body`       | promises 100 bytes, writes 10, finishes                    |
+//! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
 //! |                     | appears in the root, for i < N                             |
 //!
@@ -95,6 +96,10 @@ impl Guest for Component {
                 let _ = OutgoingBody::finish(body, None);
             }
             "/stream-gated" => stream_gated(outparam, param(query, "n", 3)),
+            "/count" => {
+                let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
+                respond(outparam, 200, &[], count.to_string().as_bytes());
+            }
             _ => respond(outparam, 404, &[], b"no such fault"),
         }
     }
@@ -213,6 +218,9 @@ fn stream_gated(outparam: ResponseOutparam, chunks: u64) {
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
 }
+
+/// Requests to `/count` this instance has handled.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// Messages seen by this instance: one session's, since each session has
 /// an instance of its own.
