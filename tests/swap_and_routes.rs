@@ -336,3 +336,39 @@ fn get_reads_the_static_form_and_post_goes_to_the_guest() {
     assert_eq!(get.status, 405);
     assert_eq!(get.header("allow"), Some("POST"));
 }
+
+#[test]
+fn a_route_has_its_own_limits() {
+    use wasmhttpd::RouteLimits;
+    let route = |prefix: &str, settings: &[&str]| {
+        Route::new(prefix, GuestSource::File(fault_guest()))
+            .unwrap()
+            .with_limits(RouteLimits::parse(settings.iter().copied()).unwrap())
+    };
+    let server = TestServer::start(Config {
+        routes: vec![
+            route("/", &[]),
+            route("/alloc-mib", &["guest-memory=8"]),
+            route("/loop", &["guest-timeout=0.5"]),
+            route("/count", &["reuse=3", "max-instances=2"]),
+        ],
+        limits: test_limits(),
+        ..Config::new(demo_root())
+    });
+    let get = |target: &str| {
+        exchange_at(
+            server.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    // 20 MiB fits the server's 64 MiB cap, not the route's 8 MiB.
+    assert_eq!(get("/alloc-mib?n=2").status, 200);
+    assert_eq!(get("/alloc-mib?n=20").status, 500);
+    // The server's guest timeout is 30 s; the client would give up long
+    // before it, so a 504 here is the route's own half second.
+    assert_eq!(get("/loop").status, 504);
+    // Reused instances on /count only.
+    let counts: Vec<String> = (0..6).map(|_| get("/count").text()).collect();
+    assert!(counts.iter().any(|count| count != "1"), "{counts:?}");
+    assert_eq!(server.monitor.requests_running(), 0);
+}

@@ -79,6 +79,74 @@ pub struct Route {
     pub prefix: String,
     /// The component.
     pub guest: GuestSource,
+    /// Limits of this route that differ from the server's.
+    pub limits: RouteLimits,
+}
+
+/// A route's own limits; each one unset takes the server's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteLimits {
+    /// Time its guest has for a response head, and for each body chunk.
+    pub guest_timeout: Option<Duration>,
+    /// Linear memory cap per instance, in bytes.
+    pub guest_memory: Option<usize>,
+    /// Its own share of instances running requests at once (reserved in
+    /// the pool in addition to the server's `max_instances`).
+    pub max_instances: Option<u32>,
+    /// Requests one of its instances serves.
+    pub reuse: Option<usize>,
+}
+
+impl RouteLimits {
+    /// Parses `key=value` settings (`guest-timeout=5`, `guest-memory=16`
+    /// in MiB, `max-instances=50`, `reuse=8`), as `--route` takes them
+    /// after the file name.
+    pub fn parse<'a>(settings: impl IntoIterator<Item = &'a str>) -> Result<RouteLimits, String> {
+        let mut limits = RouteLimits::default();
+        for setting in settings {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("route setting {setting:?} is not key=value"))?;
+            let number =
+                || {
+                    value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        format!("{key} takes a positive whole number, not {value:?}")
+                    })
+                };
+            match key {
+                "guest-timeout" => {
+                    let secs = value
+                        .parse::<f64>()
+                        .ok()
+                        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                        .filter(|secs| !secs.is_zero())
+                        .ok_or_else(|| format!("guest-timeout takes seconds, not {value:?}"))?;
+                    limits.guest_timeout = Some(secs);
+                }
+                "guest-memory" => {
+                    let mib = usize::try_from(number()?).map_err(|err| err.to_string())?;
+                    let bytes = mib
+                        .checked_mul(1 << 20)
+                        .ok_or("guest-memory is too large")?;
+                    limits.guest_memory = Some(bytes);
+                }
+                "max-instances" => {
+                    limits.max_instances =
+                        Some(u32::try_from(number()?).map_err(|err| err.to_string())?);
+                }
+                "reuse" => {
+                    limits.reuse = Some(usize::try_from(number()?).map_err(|err| err.to_string())?);
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown route setting {key:?}: expected guest-timeout, guest-memory, \
+                         max-instances or reuse"
+                    ));
+                }
+            }
+        }
+        Ok(limits)
+    }
 }
 
 impl Route {
@@ -93,7 +161,14 @@ impl Route {
         Ok(Route {
             prefix: if trimmed.is_empty() { "/" } else { trimmed }.to_owned(),
             guest,
+            limits: RouteLimits::default(),
         })
+    }
+
+    /// The same route with its own limits.
+    pub fn with_limits(mut self, limits: RouteLimits) -> Route {
+        self.limits = limits;
+        self
     }
 }
 
@@ -126,6 +201,7 @@ impl Config {
             routes: vec![Route {
                 prefix: "/".to_owned(),
                 guest: GuestSource::Default,
+                limits: RouteLimits::default(),
             }],
             env: Vec::new(),
             limits: Limits::default(),
@@ -140,6 +216,7 @@ impl Config {
         self.routes.push(Route {
             prefix: "/".to_owned(),
             guest,
+            limits: RouteLimits::default(),
         });
         self
     }
@@ -193,6 +270,36 @@ impl Default for Limits {
             ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
             reuse: DEFAULT_REUSE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_settings() {
+        let limits = RouteLimits::parse([
+            "guest-timeout=2.5",
+            "guest-memory=16",
+            "max-instances=50",
+            "reuse=8",
+        ])
+        .unwrap();
+        assert_eq!(limits.guest_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(limits.guest_memory, Some(16 << 20));
+        assert_eq!(limits.max_instances, Some(50));
+        assert_eq!(limits.reuse, Some(8));
+        assert_eq!(RouteLimits::parse([]).unwrap(), RouteLimits::default());
+        for bad in [
+            "reuse=0",
+            "guest-timeout=-1",
+            "max-instances=x",
+            "speed=9",
+            "reuse",
+        ] {
+            assert!(RouteLimits::parse([bad]).is_err(), "{bad}");
         }
     }
 }

@@ -30,7 +30,7 @@ pub mod routes;
 pub mod server;
 pub mod wasm;
 
-pub use config::{Config, GuestSource, Limits, Route};
+pub use config::{Config, GuestSource, Limits, Route, RouteLimits};
 pub use server::{Monitor, Reloader, Server, StartError, bind};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

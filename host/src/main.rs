@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use wasmhttpd::config::file::FileConfig;
-use wasmhttpd::config::{self, Config, GuestSource, Limits, Route};
+use wasmhttpd::config::{self, Config, GuestSource, Limits, Route, RouteLimits};
 use wasmhttpd::wasm::cache::CompiledCache;
 
 /// A web server whose request handlers are sandboxed WebAssembly components.
@@ -35,8 +35,9 @@ struct Args {
 
     /// Mount a component at a path prefix: `/api=api.wasm`. Repeatable; the
     /// longest matching prefix serves a request. Reloaded when the file
-    /// changes.
-    #[arg(long = "route", value_name = "PREFIX=FILE", value_parser = route)]
+    /// changes. Limits of the route's own may follow the file:
+    /// `/api=api.wasm,guest-timeout=5,guest-memory=16,max-instances=50,reuse=8`.
+    #[arg(long = "route", value_name = "PREFIX=FILE[,LIMIT=N...]", value_parser = route)]
     routes: Vec<Route>,
 
     /// Serve only the `--route` components: no guest on `/` unless a route
@@ -231,15 +232,18 @@ impl Args {
     }
 }
 
-/// Parses one `--route` argument.
+/// Parses one `--route` argument: `PREFIX=FILE[,key=value...]`.
 fn route(arg: &str) -> Result<Route, String> {
-    let (prefix, file) = arg
+    let (prefix, rest) = arg
         .split_once('=')
         .ok_or_else(|| format!("expected PREFIX=FILE, got {arg:?}"))?;
+    let mut parts = rest.split(',');
+    let file = parts.next().unwrap_or_default();
     if file.is_empty() {
         return Err(format!("no component file in {arg:?}"));
     }
-    Route::new(prefix, GuestSource::File(file.into()))
+    let limits = RouteLimits::parse(parts)?;
+    Ok(Route::new(prefix, GuestSource::File(file.into()))?.with_limits(limits))
 }
 
 /// Parses one `--env` argument.

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, error, info_span};
 
-use crate::config::{Config, GuestSource, Limits};
+use crate::config::{Config, GuestSource, Limits, RouteLimits};
 use crate::proto::conn::Conn;
 use crate::routes::Routes;
 use crate::wasm::cache::{CompiledCache, Digest};
@@ -87,9 +87,17 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Guest instances running a request now.
+    /// Guest instances running a request now, on every route.
     pub fn requests_running(&self) -> usize {
-        self.shared.guests.requests_running()
+        let own: usize = self
+            .shared
+            .routes
+            .slots()
+            .map(|slot| slot.context())
+            .filter(|ctx| ctx.has_own_instances())
+            .map(|ctx| ctx.requests_running())
+            .sum();
+        self.shared.guests.requests_running() + own
     }
 
     /// WebSocket sessions open now.
@@ -150,7 +158,7 @@ impl Server {
                 reason: "not a directory".into(),
             });
         }
-        let engine = new_engine(&config.limits).map_err(StartError::Engine)?;
+        let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
         let guests = Arc::new(GuestContext::new(
             engine,
             root,
@@ -163,7 +171,12 @@ impl Server {
             if table.iter().any(|(prefix, _)| *prefix == route.prefix) {
                 return Err(StartError::DuplicateRoute(route.prefix));
             }
-            let slot = GuestSlot::load(guests.clone(), route.guest)?;
+            let ctx = if route.limits == RouteLimits::default() {
+                guests.clone()
+            } else {
+                Arc::new(guests.for_route(&route.limits))
+            };
+            let slot = GuestSlot::load(ctx, route.guest)?;
             table.push((route.prefix, Arc::new(slot)));
         }
         Ok(Server {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmtime::{Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::config::Limits;
+use crate::config::{Limits, Route};
 
 /// Epoch period. A running guest yields to the async runtime (and has its
 /// deadline checked) once per tick, so a looping guest cannot pin a worker
@@ -22,9 +22,22 @@ const MEMORIES_PER_COMPONENT: u32 = 2;
 const TABLES_PER_COMPONENT: u32 = 8;
 
 /// Builds the engine shared by every guest of this server.
-pub fn new_engine(limits: &Limits) -> wasmtime::Result<Engine> {
-    // Requests and WebSocket sessions draw instances from one pool.
-    let instances = limits.max_instances.saturating_add(limits.max_websockets);
+///
+/// Requests and WebSocket sessions draw instances from one pool, sized for
+/// the server's limits plus the routes' own shares; its memory cap is the
+/// largest any route allows (each store enforces its route's own).
+pub fn new_engine(limits: &Limits, routes: &[Route]) -> wasmtime::Result<Engine> {
+    let instances = routes
+        .iter()
+        .filter_map(|route| route.limits.max_instances)
+        .fold(
+            limits.max_instances.saturating_add(limits.max_websockets),
+            u32::saturating_add,
+        );
+    let memory = routes
+        .iter()
+        .filter_map(|route| route.limits.guest_memory)
+        .fold(limits.guest_memory, usize::max);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
@@ -34,7 +47,7 @@ pub fn new_engine(limits: &Limits) -> wasmtime::Result<Engine> {
         .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
         .max_tables_per_component(TABLES_PER_COMPONENT)
         .total_stacks(instances)
-        .max_memory_size(limits.guest_memory);
+        .max_memory_size(memory);
 
     let mut config = wasmtime::Config::new();
     config

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
@@ -30,7 +30,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::cache::{CompiledCache, Digest, Origin};
 use super::reuse::Reuse;
 use super::websocket::{self, WebsocketHandlerPre};
-use crate::config::{GuestSource, Limits};
+use crate::config::{GuestSource, Limits, RouteLimits};
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +103,12 @@ pub struct GuestContext {
     /// Requests one instance serves; 1 for a fresh instance per request.
     reuse: usize,
     cache: CompiledCache,
+    /// Linear memory one instance may grow to.
+    memory: usize,
     instances: Arc<Semaphore>,
     max_instances: usize,
+    /// Whether `instances` is a route's own, not the server's.
+    own_instances: bool,
     /// Open WebSocket sessions' share of the instance pool.
     pub(super) websocket_slots: Arc<Semaphore>,
     max_websockets: usize,
@@ -127,10 +131,34 @@ impl GuestContext {
             timeout: limits.guest_timeout,
             reuse: limits.reuse.max(1),
             cache,
+            memory: limits.guest_memory,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
             max_instances: limits.max_instances as usize,
+            own_instances: false,
             websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
             max_websockets: limits.max_websockets as usize,
+        }
+    }
+
+    /// The context of a route with its own `limits`: the rest is shared.
+    pub fn for_route(&self, limits: &RouteLimits) -> GuestContext {
+        let (instances, max_instances, own_instances) = match limits.max_instances {
+            Some(max) => (Arc::new(Semaphore::new(max as usize)), max as usize, true),
+            None => (self.instances.clone(), self.max_instances, false),
+        };
+        GuestContext {
+            engine: self.engine.clone(),
+            root: self.root.clone(),
+            env: self.env.clone(),
+            timeout: limits.guest_timeout.unwrap_or(self.timeout),
+            reuse: limits.reuse.unwrap_or(self.reuse).max(1),
+            cache: self.cache.clone(),
+            memory: limits.guest_memory.unwrap_or(self.memory),
+            instances,
+            max_instances,
+            own_instances,
+            websocket_slots: self.websocket_slots.clone(),
+            max_websockets: self.max_websockets,
         }
     }
 
@@ -138,6 +166,12 @@ impl GuestContext {
     /// response body is done or abandoned.
     pub fn requests_running(&self) -> usize {
         self.max_instances - self.instances.available_permits()
+    }
+
+    /// Whether this context admits requests through a route's own share
+    /// of instances rather than the server's.
+    pub fn has_own_instances(&self) -> bool {
+        self.own_instances
     }
 
     /// WebSocket sessions open now.
@@ -298,8 +332,10 @@ impl GuestContext {
         deadline: Instant,
         lifted: Arc<AtomicBool>,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        state.limits = StoreLimitsBuilder::new().memory_size(self.memory).build();
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {
             let state = store.data();
@@ -372,6 +408,8 @@ pub(crate) struct GuestState {
     /// Set by the host once a request's head arrived; the deadline then no
     /// longer applies.
     lifted: Arc<AtomicBool>,
+    /// The route's memory cap (the pool's may be higher, for other routes).
+    limits: StoreLimits,
 }
 
 impl GuestState {
@@ -392,6 +430,7 @@ impl GuestState {
             table: ResourceTable::new(),
             deadline,
             lifted,
+            limits: StoreLimits::default(),
         })
     }
 }

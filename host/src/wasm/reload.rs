@@ -91,6 +91,11 @@ impl GuestSlot {
             .clone()
     }
 
+    /// What this route's instances share: limits, pool admission.
+    pub fn context(&self) -> &GuestContext {
+        &self.ctx
+    }
+
     /// Where versions come from.
     pub fn source(&self) -> &GuestSource {
         &self.source

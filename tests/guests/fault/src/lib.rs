@@ -12,6 +12,7 @@
 //! | `/no-response`      | returns without setting a response                         |
 //! | `/trap-after-head`  | sends a head promising 100 bytes, writes 10, then panics   |
 //! | `/short-body`       | promises 100 bytes, writes 10, finishes                    |
+//! | `/alloc-mib?n=N`    | allocates N MiB, then answers 200 with the byte count      |
 //! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
 //! |                     | appears in the root, for i < N                             |
@@ -96,6 +97,10 @@ impl Guest for Component {
                 let _ = OutgoingBody::finish(body, None);
             }
             "/stream-gated" => stream_gated(outparam, param(query, "n", 3)),
+            "/alloc-mib" => {
+                let block = vec![1_u8; (param(query, "n", 1) as usize) << 20];
+                respond(outparam, 200, &[], block.len().to_string().as_bytes());
+            }
             "/count" => {
                 let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
                 respond(outparam, 200, &[], count.to_string().as_bytes());
