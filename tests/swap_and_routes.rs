@@ -372,3 +372,30 @@ fn a_route_has_its_own_limits() {
     assert!(counts.iter().any(|count| count != "1"), "{counts:?}");
     assert_eq!(server.monitor.requests_running(), 0);
 }
+
+#[test]
+fn a_websocket_session_keeps_its_guest_across_a_swap() {
+    use tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest.wasm");
+    deploy(&fault_guest(), &guest);
+    let server = watching(&guest, &demo_root());
+    let url = format!("ws://{}/ws/echo", server.addr);
+    let (mut old, _) = tungstenite::connect(&url).unwrap();
+    old.send(Message::text("count")).unwrap();
+    assert_eq!(old.read().unwrap(), Message::text("1"));
+
+    // The default guest echoes "count" back instead of counting.
+    let default_guest = dir.path().join("default.wasm");
+    std::fs::write(&default_guest, wasmhttpd::DEFAULT_GUEST).unwrap();
+    deploy(&default_guest, &guest);
+    server.eventually("the new guest is swapped in", |monitor| {
+        monitor.reloads("/") == Some((1, 0))
+    });
+    let (mut new, _) = tungstenite::connect(&url).unwrap();
+    new.send(Message::text("count")).unwrap();
+    assert_eq!(new.read().unwrap(), Message::text("count"));
+    // The session opened before the swap still runs the old guest.
+    old.send(Message::text("count")).unwrap();
+    assert_eq!(old.read().unwrap(), Message::text("2"));
+}
