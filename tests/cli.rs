@@ -210,16 +210,20 @@ fn start_wasmhttpd_at(listen: &str, root: &str) -> Running {
     )
 }
 
-#[test]
-fn runs_another_component_with_guest() {
-    let root = demo_root();
-    let guest = fault_guest();
-    let server = start_wasmhttpd(&[
+/// The binary with the fault guest on the demo root.
+fn start_fault_guest() -> Running {
+    let (root, guest) = (demo_root(), fault_guest());
+    start_wasmhttpd(&[
         "--root",
         root.to_str().unwrap(),
         "--guest",
         guest.to_str().unwrap(),
-    ]);
+    ])
+}
+
+#[test]
+fn runs_another_component_with_guest() {
+    let server = start_fault_guest();
     let (status, _, body) = get(&client(), &server.url("/ok"));
     assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
     // The static-file guest is not in play: the demo page is not served.
@@ -459,14 +463,7 @@ fn env_configures_the_guest_in_wasmhttpd_and_wasmtime_serve_alike() {
 
 #[test]
 fn the_guest_is_told_how_each_session_ended() {
-    let root = demo_root();
-    let guest = fault_guest();
-    let server = start_wasmhttpd(&[
-        "--root",
-        root.to_str().unwrap(),
-        "--guest",
-        guest.to_str().unwrap(),
-    ]);
+    let server = start_fault_guest();
     let url = format!("ws://{}/ws/echo", server.addr);
     let (mut socket, _) = tungstenite::connect(&url).unwrap();
     socket
