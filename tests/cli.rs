@@ -610,3 +610,92 @@ no-cache = true
     let stderr = startup_failure(&["--config", file.to_str().unwrap()]);
     assert!(stderr.contains("guest-timeut"), "{stderr}");
 }
+
+#[test]
+fn sigterm_lets_responses_finish_then_exits_zero() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = demo_root();
+    let guest = fault_guest();
+    let mut server = start_logged(
+        cache.path(),
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--guest",
+            guest.to_str().unwrap(),
+        ],
+    );
+    let connect = || {
+        let stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream
+            .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+            .unwrap();
+        stream
+    };
+    // A response that takes about a second, and an idle keep-alive connection.
+    let mut busy = connect();
+    std::io::Write::write_all(
+        &mut busy,
+        b"GET /stream?n=10&ms=100 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut busy = BufReader::new(busy);
+    // The head is out before the signal: the guest is streaming.
+    assert!(busy.fill_buf().unwrap().starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let mut idle = connect();
+    std::io::Write::write_all(&mut idle, b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut idle = BufReader::new(idle);
+    assert_eq!(support::read_response(&mut idle, false).text(), "ok");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.wait_for_log("shutting down");
+    // New connections are refused, the idle one is closed...
+    assert!(std::net::TcpStream::connect(server.addr).is_err());
+    support::assert_closed(&mut idle);
+    // ...and the response in progress completes, as the last on its connection.
+    let rest = support::read_response(&mut busy, false);
+    let expected: String = (0..10).map(|i| format!("chunk {i}\n")).collect();
+    assert_eq!(rest.text(), expected);
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_second_signal_exits_at_once() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = demo_root();
+    let guest = fault_guest();
+    let mut server = start_logged(
+        cache.path(),
+        &[
+            "--root",
+            root.to_str().unwrap(),
+            "--guest",
+            guest.to_str().unwrap(),
+        ],
+    );
+    // A response that would run for minutes.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /stream?n=100000&ms=100 HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let term = || {
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    term();
+    server.wait_for_log("shutting down");
+    term();
+    assert_eq!(server.child.wait().unwrap().code(), Some(130));
+}

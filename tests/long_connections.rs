@@ -524,3 +524,17 @@ fn a_client_that_leaves_mid_stream_stops_the_guest() {
     drop(reader);
     server.eventually("the guest is stopped", |m| m.requests_running() == 0);
 }
+
+#[test]
+fn shutdown_closes_sessions_with_1001() {
+    let server = TestServer::static_files(&demo_root());
+    let mut socket = connect(server.addr, "/ws/echo");
+    socket.send(Message::text("before")).unwrap();
+    assert_eq!(next_data(&mut socket), Message::text("before"));
+    let stopping = std::thread::spawn(move || drop(server));
+    assert_eq!(
+        close_frame(&mut socket),
+        (CloseCode::Away, "server shutting down".to_owned())
+    );
+    stopping.join().unwrap();
+}

@@ -57,6 +57,10 @@ pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// it, upgrades get 503.
 pub const DEFAULT_MAX_WEBSOCKETS: u32 = 1000;
 
+/// Time responses in progress get to finish after a shutdown signal
+/// before the server exits anyway: long enough for a large download on a
+/// decent link, short enough for a deploy to proceed.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Requests one guest instance serves before it is dropped: 1, a fresh
 /// instance per request, is the strongest isolation (no state survives
 /// from one request to the next).
@@ -252,6 +256,8 @@ pub struct Limits {
     pub max_websockets: u32,
     /// Requests one instance serves, one at a time.
     pub reuse: usize,
+    /// Time in-flight responses get to finish once shutdown begins.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -270,6 +276,7 @@ impl Default for Limits {
             ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
             reuse: DEFAULT_REUSE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }

@@ -110,6 +110,11 @@ struct Args {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     reuse: usize,
 
+    /// Seconds responses in progress get to finish after SIGTERM or SIGINT
+    /// (a second signal exits at once).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
+    shutdown_grace: f64,
+
     /// WebSocket sessions open at once; more upgrades get 503.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_WEBSOCKETS)]
     max_websockets: u32,
@@ -226,6 +231,7 @@ impl Args {
                 ws_idle_timeout: secs("ws-idle-timeout", self.ws_idle_timeout)?,
                 max_websockets: self.max_websockets,
                 reuse: self.reuse,
+                shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
                 ..Limits::default()
             },
         })
@@ -279,28 +285,45 @@ async fn main() -> anyhow::Result<()> {
     let server = wasmhttpd::Server::new(config)?;
     let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    // Signal handlers are in place before the address is announced.
     tokio::spawn(reload_on_sighup(server.reloader()));
+    let shutdown = shutdown_signal();
     eprintln!("listening on http://{addr}/");
-    server.run(listener, shutdown_signal()).await;
+    server.run(listener, shutdown).await;
     Ok(())
 }
 
-/// Reloads every guest file on each SIGHUP.
-async fn reload_on_sighup(reloader: wasmhttpd::Reloader) {
+/// Installs the SIGHUP handler now; the future reloads every guest file on
+/// each SIGHUP.
+fn reload_on_sighup(reloader: wasmhttpd::Reloader) -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).expect("install the SIGHUP handler");
-    while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading guests");
-        reloader.reload_all().await;
+    async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading guests");
+            reloader.reload_all().await;
+        }
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future completes on
+/// the first of them, and a second one exits the process at once.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt()).expect("install the SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("second signal: exiting now");
+            std::process::exit(130);
+        });
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
-use tracing::{Instrument, error, info_span};
+use tokio::sync::watch;
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, Limits, RouteLimits};
 use crate::proto::conn::Conn;
@@ -63,6 +64,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// What every connection of a server shares.
 pub(crate) struct Shared {
     pub(crate) routes: Routes,
+    /// Set to true when the server starts shutting down.
+    shutdown: watch::Sender<bool>,
     pub(crate) limits: Limits,
     guests: Arc<GuestContext>,
     watch: bool,
@@ -70,6 +73,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A receiver that sees the server begin to shut down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
     pub(crate) fn next_request_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -182,6 +190,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 routes: Routes::new(table),
+                shutdown: watch::Sender::new(false),
                 limits: config.limits,
                 guests,
                 watch: config.watch,
@@ -197,7 +206,11 @@ impl Server {
         }
     }
 
-    /// Accepts and serves connections until `shutdown` completes.
+    /// Accepts and serves connections until `shutdown` completes, then
+    /// shuts down gracefully: the listener closes (new connections are
+    /// refused), idle connections close, and responses in progress get up
+    /// to [`Limits::shutdown_grace`] to finish. Returns when they have, or
+    /// when the grace period is over.
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         // Kept alive for as long as the server runs.
         let _watcher = if self.shared.watch {
@@ -210,7 +223,31 @@ impl Server {
         } else {
             None
         };
-        let connections = Arc::new(Semaphore::new(self.shared.limits.max_connections));
+        let max_connections = self.shared.limits.max_connections;
+        let connections = Arc::new(Semaphore::new(max_connections));
+        self.accept(&listener, &connections, shutdown).await;
+        drop(listener);
+        let open = max_connections - connections.available_permits();
+        let grace = self.shared.limits.shutdown_grace;
+        info!(open, grace_secs = grace.as_secs_f64(), "shutting down");
+        self.shared.shutdown.send_replace(true);
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(grace, connections.acquire_many(all)).await {
+            Ok(_) => info!("every connection finished; stopped"),
+            Err(_) => {
+                let left = max_connections - connections.available_permits();
+                warn!(left, "grace period over; stopping with connections open");
+            }
+        }
+    }
+
+    /// The accept loop, until `shutdown` completes.
+    async fn accept(
+        &self,
+        listener: &TcpListener,
+        connections: &Arc<Semaphore>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         loop {
             // At the connection cap, stop accepting: new clients wait in the

@@ -30,6 +30,7 @@ pub fn test_limits() -> Limits {
     Limits {
         max_instances: 64,
         max_websockets: 256,
+        shutdown_grace: Duration::from_secs(2),
         ..Limits::default()
     }
 }

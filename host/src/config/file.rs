@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub ws_idle_timeout: Option<f64>,
     pub max_websockets: Option<u32>,
     pub reuse: Option<usize>,
+    pub shutdown_grace: Option<f64>,
 }
 
 /// The file could not be used.

@@ -18,6 +18,7 @@ use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
@@ -56,6 +57,9 @@ pub(crate) struct Conn {
     authority: String,
     /// Requests answered so far.
     served: u64,
+    /// Becomes true when the server shuts down: the connection then ends
+    /// after the response in progress, or at once if idle.
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -64,10 +68,22 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
+            shutdown: shared.shutdown_signal(),
             shared,
             authority: local.to_string(),
             served: 0,
         }
+    }
+
+    /// A receiver of the server's shutdown, for a protocol that takes the
+    /// connection over.
+    pub(super) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether the server is shutting down.
+    pub(super) fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Serves requests until the client leaves, asks to close, or errs.
@@ -95,7 +111,8 @@ impl Conn {
             {
                 return self.websocket(head, id, target, guest.clone()).await;
             }
-            let (version, keep_alive) = (head.version, head.keep_alive);
+            // Once shutdown has begun, each response says it is the last.
+            let (version, keep_alive) = (head.version, head.keep_alive && !self.shutting_down());
             let request = match self.read_body(&head).await {
                 Ok(body) => into_request(head, body),
                 Err(err) => return self.refuse(err).await,
@@ -163,8 +180,17 @@ impl Conn {
                     return Ok(Some(head));
                 }
             }
+            if !started && self.shutting_down() {
+                return Ok(None);
+            }
             self.buf.reserve(READ_CHUNK);
-            match timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+            let read = timeout_at(deadline, self.io.read_buf(&mut self.buf));
+            let read = tokio::select! {
+                read = read => read,
+                // Between requests, shutdown closes the connection at once.
+                _ = self.shutdown.changed(), if !started => return Ok(None),
+            };
+            match read {
                 Err(_) if !started => return Ok(None),
                 Err(_) => return Err(Error::Timeout),
                 Ok(Ok(0)) if !started => return Ok(None),

@@ -14,6 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -206,12 +207,13 @@ impl Conn {
         }
         info!(target: "wasmhttpd::access", id, method = "GET", %target, status = 101, "WebSocket session opened");
         let limits = self.shared.limits.clone();
+        let shutdown = self.shutdown_receiver();
         let (io, unread) = self.into_parts();
         let config = WebSocketConfig::default()
             .max_message_size(Some(limits.ws_max_message))
             .max_frame_size(Some(limits.ws_max_message));
         let ws = WebSocketStream::from_partially_read(io, unread, Role::Server, Some(config)).await;
-        let (code, reason, messages) = run(ws, session, &limits, id).await;
+        let (code, reason, messages) = run(ws, session, &limits, shutdown, id).await;
         info!(target: "wasmhttpd::access", id, %target, code, reason = %reason, messages, "WebSocket session closed");
     }
 
@@ -235,11 +237,25 @@ async fn run(
     mut ws: WebSocketStream<TcpStream>,
     mut session: Session,
     limits: &Limits,
+    mut shutdown: watch::Receiver<bool>,
     id: u64,
 ) -> (u16, String, u64) {
     let mut handled = 0;
     let (code, reason) = loop {
-        let frame = match timeout(limits.ws_idle_timeout, ws.next()).await {
+        if *shutdown.borrow() {
+            break close(&mut ws, CloseCode::Away, "server shutting down").await;
+        }
+        let next = tokio::select! {
+            next = timeout(limits.ws_idle_timeout, ws.next()) => next,
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    // The server is gone.
+                    break close(&mut ws, CloseCode::Away, "server shutting down").await;
+                }
+                continue;
+            }
+        };
+        let frame = match next {
             Err(_) => break close(&mut ws, CloseCode::Away, "idle timeout").await,
             Ok(None) => break (1006, String::new()),
             Ok(Some(Err(err))) => match err {
