@@ -195,3 +195,53 @@ fn a_fault_in_a_reused_instance_ends_that_instance_only() {
         assert_eq!(count(&server), 2, "after {fault}");
     }
 }
+
+#[test]
+fn when_every_instance_is_busy_requests_get_503_with_retry_after() {
+    let server = TestServer::faults(Limits {
+        max_instances: 1,
+        queue_timeout: Duration::from_millis(200),
+        guest_timeout: Duration::from_secs(2),
+        ..test_limits()
+    });
+    // Hold the only instance: /sleep runs until its deadline (then 504).
+    let addr = server.addr;
+    let holder = thread::spawn(move || {
+        support::exchange_at(
+            addr,
+            b"GET /sleep HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        )
+    });
+    server.eventually("the instance is taken", |monitor| {
+        monitor.requests_running() == 1
+    });
+    let response = server.exchange(b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(response.status, 503);
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(holder.join().unwrap().status, 504);
+    let response = server.exchange(b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(
+        response.status, 200,
+        "served again once the instance is free"
+    );
+}
+
+#[test]
+fn a_connection_carries_at_most_its_request_cap() {
+    let server = TestServer::faults(Limits {
+        max_requests_per_connection: 3,
+        ..test_limits()
+    });
+    let mut stream = server.connect();
+    stream
+        .write_all(&b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n".repeat(4))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    for i in 1..=3 {
+        let response = read_response(&mut reader, false);
+        assert_eq!(response.text(), "ok");
+        let expected = (i == 3).then_some("close");
+        assert_eq!(response.header("connection"), expected, "response {i}");
+    }
+    assert_closed(&mut reader);
+}

@@ -57,6 +57,13 @@ pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// it, upgrades get 503.
 pub const DEFAULT_MAX_WEBSOCKETS: u32 = 1000;
 
+/// Time a request waits for a free guest instance when all are busy;
+/// then it gets 503 with `Retry-After`. Short: a queue that grows for
+/// longer only adds latency to an overload.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Requests one connection may carry before the server closes it, as
+/// nginx's `keepalive_requests`: bounds what one client holds.
+pub const DEFAULT_MAX_REQUESTS_PER_CONNECTION: u64 = 1000;
 /// Time responses in progress get to finish after a shutdown signal
 /// before the server exits anyway: long enough for a large download on a
 /// decent link, short enough for a deploy to proceed.
@@ -258,6 +265,10 @@ pub struct Limits {
     pub reuse: usize,
     /// Time in-flight responses get to finish once shutdown begins.
     pub shutdown_grace: Duration,
+    /// Time a request waits for an instance before a 503.
+    pub queue_timeout: Duration,
+    /// Requests on one connection before it is closed.
+    pub max_requests_per_connection: u64,
 }
 
 impl Default for Limits {
@@ -277,6 +288,8 @@ impl Default for Limits {
             max_websockets: DEFAULT_MAX_WEBSOCKETS,
             reuse: DEFAULT_REUSE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
         }
     }
 }

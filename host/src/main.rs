@@ -110,6 +110,15 @@ struct Args {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     reuse: usize,
 
+    /// Seconds a request waits for a free guest instance before a 503
+    /// with Retry-After.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_QUEUE_TIMEOUT.as_secs_f64())]
+    queue_timeout: f64,
+
+    /// Requests one connection may carry; the last says `Connection: close`.
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_REQUESTS_PER_CONNECTION)]
+    max_requests_per_connection: u64,
+
     /// Seconds responses in progress get to finish after SIGTERM or SIGINT
     /// (a second signal exits at once).
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_GRACE.as_secs_f64())]
@@ -232,6 +241,8 @@ impl Args {
                 max_websockets: self.max_websockets,
                 reuse: self.reuse,
                 shutdown_grace: secs("shutdown-grace", self.shutdown_grace)?,
+                queue_timeout: secs("queue-timeout", self.queue_timeout)?,
+                max_requests_per_connection: self.max_requests_per_connection,
                 ..Limits::default()
             },
         })

@@ -48,6 +48,8 @@ pub struct FileConfig {
     pub max_websockets: Option<u32>,
     pub reuse: Option<usize>,
     pub shutdown_grace: Option<f64>,
+    pub queue_timeout: Option<f64>,
+    pub max_requests_per_connection: Option<u64>,
 }
 
 /// The file could not be used.

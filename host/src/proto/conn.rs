@@ -111,8 +111,11 @@ impl Conn {
             {
                 return self.websocket(head, id, target, guest.clone()).await;
             }
-            // Once shutdown has begun, each response says it is the last.
-            let (version, keep_alive) = (head.version, head.keep_alive && !self.shutting_down());
+            // Once shutdown has begun, or at the connection's request cap,
+            // the response says it is the last.
+            let last = self.shutting_down()
+                || self.served + 1 >= self.shared.limits.max_requests_per_connection;
+            let (version, keep_alive) = (head.version, head.keep_alive && !last);
             let request = match self.read_body(&head).await {
                 Ok(body) => into_request(head, body),
                 Err(err) => return self.refuse(err).await,
@@ -395,6 +398,10 @@ impl Conn {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Overload is brief: try again in a second.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         self.out.clear();
         role::encode_response_head(

@@ -72,8 +72,8 @@ pub enum GuestError {
     /// The host could not set up the request for the guest.
     #[error("setting up the guest failed: {0:#}")]
     Setup(wasmtime::Error),
-    /// Every WebSocket session slot is taken.
-    #[error("too many WebSocket sessions")]
+    /// Every instance (or WebSocket session slot) stayed taken.
+    #[error("every guest instance is busy")]
     Busy,
 }
 
@@ -100,6 +100,8 @@ pub struct GuestContext {
     root: PathBuf,
     env: Vec<(String, String)>,
     pub(super) timeout: Duration,
+    /// Time a request waits for a free instance.
+    queue_timeout: Duration,
     /// Requests one instance serves; 1 for a fresh instance per request.
     reuse: usize,
     cache: CompiledCache,
@@ -129,6 +131,7 @@ impl GuestContext {
             root,
             env,
             timeout: limits.guest_timeout,
+            queue_timeout: limits.queue_timeout,
             reuse: limits.reuse.max(1),
             cache,
             memory: limits.guest_memory,
@@ -151,6 +154,7 @@ impl GuestContext {
             root: self.root.clone(),
             env: self.env.clone(),
             timeout: limits.guest_timeout.unwrap_or(self.timeout),
+            queue_timeout: self.queue_timeout,
             reuse: limits.reuse.unwrap_or(self.reuse).max(1),
             cache: self.cache.clone(),
             memory: limits.guest_memory.unwrap_or(self.memory),
@@ -261,11 +265,12 @@ impl Guest {
         &self,
         request: http::Request<Full<Bytes>>,
     ) -> Result<GuestResponse, GuestError> {
-        let deadline = Instant::now() + self.ctx.timeout;
-        let permit = tokio::time::timeout_at(deadline, self.ctx.instances.clone().acquire_owned())
+        let queued = Instant::now() + self.ctx.queue_timeout;
+        let permit = tokio::time::timeout_at(queued, self.ctx.instances.clone().acquire_owned())
             .await
-            .map_err(|_| GuestError::Timeout)?
+            .map_err(|_| GuestError::Busy)?
             .expect("the instance semaphore is never closed");
+        let deadline = Instant::now() + self.ctx.timeout;
         if let Some(reuse) = &self.reuse {
             let response = tokio::time::timeout_at(deadline, reuse.handle(request))
                 .await
