@@ -699,3 +699,35 @@ fn a_second_signal_exits_at_once() {
     term();
     assert_eq!(server.child.wait().unwrap().code(), Some(130));
 }
+
+#[test]
+fn access_log_lines_name_the_client_route_and_outcome_in_json() {
+    let root = demo_root();
+    let server = start(
+        wasmhttpd()
+            .env("RUST_LOG", "wasmhttpd::access=info")
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-cache",
+                "--log-format",
+                "json",
+            ])
+            .args(["--root", root.to_str().unwrap()]),
+        "listening on http://",
+    );
+    assert_eq!(get(&client(), &server.url("/css/site.css")).0, 200);
+    let line = server.wait_for_log("wasmhttpd::access");
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    for field in [
+        "\"method\":\"GET\"",
+        "\"target\":\"/css/site.css\"",
+        "\"route\":\"/\"",
+        "\"status\":200",
+        "\"peer\":\"127.0.0.1:",
+        "\"bytes\":",
+        "\"ms\":",
+    ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+}

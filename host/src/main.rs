@@ -20,6 +20,10 @@ struct Args {
     #[arg(long, value_name = "FILE", env = "WASMHTTPD_CONFIG")]
     config: Option<PathBuf>,
 
+    /// Log lines as human-readable text or as JSON objects, one per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "WASMHTTPD_LOG_FORMAT")]
+    log_format: LogFormat,
+
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, env = "WASMHTTPD_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
@@ -127,6 +131,15 @@ struct Args {
     /// WebSocket sessions open at once; more upgrades get 503.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_WEBSOCKETS)]
     max_websockets: u32,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// `2026-11-22T03:00:00Z INFO wasmhttpd::access: id=1 peer=… status=200 …`.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","fields":{…},"target":"wasmhttpd::access"}`.
+    Json,
 }
 
 impl Args {
@@ -280,17 +293,21 @@ fn guest_env(arg: &str) -> Result<(String, String), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    let args = Args::parse_with_file()?;
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
         // Colours for a terminal only: not for journald, files or pipes.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 
-    let args = Args::parse_with_file()?;
     let listen = args.listen;
     let config = args.into_config()?;
     let server = wasmhttpd::Server::new(config)?;

@@ -24,10 +24,15 @@ impl Routes {
 
     /// The slot for `path`, if a route takes it.
     pub fn find(&self, path: &str) -> Option<&Arc<GuestSlot>> {
+        self.route(path).map(|(_, slot)| slot)
+    }
+
+    /// The prefix and slot of the route that takes `path`, if any.
+    pub fn route(&self, path: &str) -> Option<(&str, &Arc<GuestSlot>)> {
         self.table
             .iter()
             .find(|(prefix, _)| takes(prefix, path))
-            .map(|(_, slot)| slot)
+            .map(|(prefix, slot)| (prefix.as_str(), slot))
     }
 
     /// Every route's slot.

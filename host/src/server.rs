@@ -274,7 +274,7 @@ impl Server {
             let Ok(local) = stream.local_addr() else {
                 continue;
             };
-            let conn = Conn::new(stream, local, self.shared.clone());
+            let conn = Conn::new(stream, local, peer, self.shared.clone());
             tokio::spawn(
                 async move {
                     conn.serve().await;

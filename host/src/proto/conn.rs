@@ -55,6 +55,8 @@ pub(crate) struct Conn {
     pub(super) shared: Arc<Shared>,
     /// Names this server in URIs of HTTP/1.0 requests without `Host`.
     authority: String,
+    /// The client's address.
+    peer: SocketAddr,
     /// Requests answered so far.
     served: u64,
     /// Becomes true when the server shuts down: the connection then ends
@@ -63,7 +65,12 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream, local: SocketAddr, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(
+        io: TcpStream,
+        local: SocketAddr,
+        peer: SocketAddr,
+        shared: Arc<Shared>,
+    ) -> Self {
         Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
@@ -71,6 +78,7 @@ impl Conn {
             shutdown: shared.shutdown_signal(),
             shared,
             authority: local.to_string(),
+            peer,
             served: 0,
         }
     }
@@ -100,11 +108,9 @@ impl Conn {
             let target = head.uri.path_and_query().map(|pq| pq.to_string());
             let target = target.unwrap_or_else(|| "/".to_owned());
             // The version running now serves this whole request.
-            let guest = self
-                .shared
-                .routes
-                .find(head.uri.path())
-                .map(|slot| slot.current());
+            let route = self.shared.routes.route(head.uri.path());
+            let route_prefix = route.map_or("-", |(prefix, _)| prefix).to_owned();
+            let guest = route.map(|(_, slot)| slot.current());
             if let Some(guest) = &guest
                 && websocket::wants_upgrade(&head)
                 && guest.has_websocket()
@@ -144,8 +150,10 @@ impl Conn {
             info!(
                 target: "wasmhttpd::access",
                 id,
+                peer = %self.peer,
                 %method,
                 %target,
+                route = %route_prefix,
                 status = sent.status.as_u16(),
                 bytes = sent.bytes,
                 ms = started.elapsed().as_secs_f64() * 1e3,
