@@ -18,8 +18,8 @@ use crate::proto::conn::Conn;
 use crate::routes::Routes;
 use crate::wasm::cache::{CompiledCache, Digest};
 use crate::wasm::engine::new_engine;
-use crate::wasm::guest::{GuestContext, LoadError};
-use crate::wasm::reload::{self, GuestSlot};
+use crate::wasm::guest::{AbortOnDrop, GuestContext, LoadError};
+use crate::wasm::reload::{self, GuestSlot, Watching};
 
 /// Pending connections the kernel queues while all are busy.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -68,7 +68,6 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     pub(crate) limits: Limits,
     guests: Arc<GuestContext>,
-    watch: bool,
     next_id: AtomicU64,
 }
 
@@ -86,6 +85,8 @@ impl Shared {
 /// A configured server, ready to run on a listener.
 pub struct Server {
     shared: Arc<Shared>,
+    /// The guest files, watched from the start when `Config::watch` is set.
+    watching: Option<Watching>,
 }
 
 /// A view of a server's load while it runs.
@@ -187,15 +188,27 @@ impl Server {
             let slot = GuestSlot::load(ctx, route.guest)?;
             table.push((route.prefix, Arc::new(slot)));
         }
+        // Watching starts here, so that a file replaced as soon as the
+        // server is up is seen.
+        let watching = if config.watch {
+            let slots = table.iter().map(|(_, slot)| slot.clone()).collect();
+            reload::watch(slots)
+                .inspect_err(
+                    |err| error!(cause = %err, "cannot watch guest files; reload with SIGHUP"),
+                )
+                .ok()
+        } else {
+            None
+        };
         Ok(Server {
             shared: Arc::new(Shared {
                 routes: Routes::new(table),
                 shutdown: watch::Sender::new(false),
                 limits: config.limits,
                 guests,
-                watch: config.watch,
                 next_id: AtomicU64::new(1),
             }),
+            watching,
         })
     }
 
@@ -211,18 +224,12 @@ impl Server {
     /// refused), idle connections close, and responses in progress get up
     /// to [`Limits::shutdown_grace`] to finish. Returns when they have, or
     /// when the grace period is over.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        // Kept alive for as long as the server runs.
-        let _watcher = if self.shared.watch {
-            let slots = self.shared.routes.slots().cloned().collect();
-            reload::watch(slots)
-                .inspect_err(
-                    |err| error!(cause = %err, "cannot watch guest files; reload with SIGHUP"),
-                )
-                .ok()
-        } else {
-            None
-        };
+    pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        // Stops, with the watching, when the server stops.
+        let _reloads = self
+            .watching
+            .take()
+            .map(|watching| AbortOnDrop(tokio::spawn(watching.reload_on_change())));
         let max_connections = self.shared.limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
         self.accept(&listener, &connections, shutdown).await;

@@ -362,11 +362,12 @@ pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
     }
 }
 
-/// Aborts the guest's task when the host is done with its response, so a
-/// guest that keeps running after its body was abandoned is stopped.
-struct AbortOnDrop(JoinHandle<wasmtime::Result<()>>);
+/// Aborts a task when dropped: a guest's task once the host is done with
+/// its response, so a guest that keeps running after its body was
+/// abandoned is stopped; a server's background work when it stops.
+pub(crate) struct AbortOnDrop<T = wasmtime::Result<()>>(pub(crate) JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

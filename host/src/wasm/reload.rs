@@ -181,9 +181,30 @@ impl GuestSlot {
     }
 }
 
-/// Watches the files behind `slots` and reloads a slot once its file has
-/// settled after a change. Returns the watcher, which stops when dropped.
-pub fn watch(slots: Vec<Arc<GuestSlot>>) -> notify::Result<RecommendedWatcher> {
+/// Guest files being watched from the moment [`watch`] returns; their
+/// events wait in a queue until [`Watching::reload_on_change`] runs.
+pub struct Watching {
+    _watcher: RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<usize>,
+    slots: Vec<Arc<GuestSlot>>,
+}
+
+impl Watching {
+    /// Reloads each slot once its file has settled after a change, until
+    /// the returned future is dropped (which also stops the watching).
+    pub async fn reload_on_change(self) {
+        let Watching {
+            _watcher,
+            events,
+            slots,
+        } = self;
+        debounce(events, slots).await;
+    }
+}
+
+/// Starts watching the files behind `slots`. A change made as soon as this
+/// returns is seen, even before [`Watching::reload_on_change`] runs.
+pub fn watch(slots: Vec<Arc<GuestSlot>>) -> notify::Result<Watching> {
     // (directory, file name) → slot, for the guest file and, when it is a
     // symlink, the file it points to.
     let mut watched: HashMap<(PathBuf, std::ffi::OsString), usize> = HashMap::new();
@@ -231,8 +252,11 @@ pub fn watch(slots: Vec<Arc<GuestSlot>>) -> notify::Result<RecommendedWatcher> {
     for dir in dirs {
         watcher.watch(dir, RecursiveMode::NonRecursive)?;
     }
-    tokio::spawn(debounce(receiver, slots));
-    Ok(watcher)
+    Ok(Watching {
+        _watcher: watcher,
+        events: receiver,
+        slots,
+    })
 }
 
 /// Reloads each slot named on `events` once its events have stopped
