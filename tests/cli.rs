@@ -35,6 +35,29 @@ impl Running {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Waits for stderr lines containing each of `texts`, in any order,
+    /// and returns them in the order of `texts`; other lines are passed over.
+    fn wait_for_logs<const N: usize>(&self, texts: [&str; N]) -> [String; N] {
+        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+        let deadline = Instant::now() + support::CLIENT_TIMEOUT;
+        let mut early = std::mem::take(&mut *self.early.borrow_mut()).into_iter();
+        while found.iter().any(Option::is_none) {
+            let line = match early.next() {
+                Some(line) => line,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    self.log
+                        .recv_timeout(left)
+                        .unwrap_or_else(|_| panic!("no log lines with all of {texts:?}: {found:?}"))
+                }
+            };
+            if let Some(at) = (0..N).find(|&i| found[i].is_none() && line.contains(texts[i])) {
+                found[at] = Some(line);
+            }
+        }
+        found.map(Option::unwrap)
+    }
+
     /// Waits for a stderr line containing `text` and returns it; lines
     /// before it are passed over.
     fn wait_for_log(&self, text: &str) -> String {
@@ -210,15 +233,55 @@ fn start_wasmhttpd_at(listen: &str, root: &str) -> Running {
     )
 }
 
-/// The binary with the fault guest on the demo root.
+/// The binary with the fault guest on the demo root, logging warnings,
+/// the guest's output and the access log.
 fn start_fault_guest() -> Running {
     let (root, guest) = (demo_root(), fault_guest());
-    start_wasmhttpd(&[
-        "--root",
-        root.to_str().unwrap(),
-        "--guest",
-        guest.to_str().unwrap(),
-    ])
+    start(
+        wasmhttpd()
+            .env(
+                "RUST_LOG",
+                "warn,wasmhttpd::guest=info,wasmhttpd::access=info",
+            )
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .arg("--guest")
+            .arg(guest),
+        "listening on http://",
+    )
+}
+
+/// The number after `id=` in a log line.
+fn request_id(line: &str) -> u64 {
+    let (_, rest) = line
+        .split_once(" id=")
+        .unwrap_or_else(|| panic!("no id in {line}"));
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("no id in {line}"))
+}
+
+#[test]
+fn guest_output_is_logged_with_the_request_id() {
+    let server = start_fault_guest();
+    for _ in 0..2 {
+        assert_eq!(get(&client(), &server.url("/print")).0, 200);
+        // The last line, without its newline, is logged when the instance
+        // ends, which may be after the access log line.
+        let [stdout, stderr, unfinished, access] = server.wait_for_logs([
+            "guest line on stdout",
+            "guest line on stderr",
+            "guest line without a newline",
+            "wasmhttpd::access",
+        ]);
+        assert!(stdout.contains("wasmhttpd::guest"), "{stdout}");
+        assert!(stdout.contains("stream=\"stdout\""), "{stdout}");
+        assert!(stderr.contains("stream=\"stderr\""), "{stderr}");
+        assert!(access.contains("target=/print"), "{access}");
+        let id = request_id(&access);
+        for line in [&stdout, &stderr, &unfinished] {
+            assert_eq!(request_id(line), id, "{line} belongs to {access}");
+        }
+    }
 }
 
 #[test]
@@ -584,6 +647,7 @@ root = "site"
 route = ["/register=register.wasm"]
 env = ["WASMHTTPD_CACHE_CONTROL=max-age=5"]
 no-cache = true
+max-requests-per-connection = 2
 "#,
     )
     .unwrap();
@@ -605,6 +669,18 @@ no-cache = true
         b"GET /register HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(form.header("allow"), Some("POST"), "the file's route");
+    // The file's request cap: the second response on a connection is its last.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+        .unwrap();
+    std::io::Write::write_all(&mut stream, &b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let first = support::read_response(&mut reader, false);
+    assert_eq!(first.header("connection"), None);
+    let second = support::read_response(&mut reader, false);
+    assert_eq!(second.header("connection"), Some("close"));
 
     std::fs::write(&file, "guest-timeut = 3\n").unwrap();
     let stderr = startup_failure(&["--config", file.to_str().unwrap()]);

@@ -75,9 +75,9 @@ fn a_guest_that_never_sets_a_response_gets_500() {
     assert_eq!(status_of("/ok"), 200);
 }
 
-/// The head promised 100 bytes; 10 came. The client must see the
-/// connection end rather than a keep-alive stream it cannot frame.
-fn assert_truncated_then_closed(path: &str) {
+/// Sends `GET path` with a pipelined `GET /ok` behind it on one
+/// connection; returns everything the server sent until it closed.
+fn pipelined_until_closed(path: &str) -> Vec<u8> {
     let mut stream = server().connect();
     write!(
         stream,
@@ -89,6 +89,13 @@ fn assert_truncated_then_closed(path: &str) {
         Ok(_) => {}
         Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset),
     }
+    raw
+}
+
+/// The head promised 100 bytes; 10 came. The client must see the
+/// connection end rather than a keep-alive stream it cannot frame.
+fn assert_truncated_then_closed(path: &str) {
+    let raw = pipelined_until_closed(path);
     let text = String::from_utf8_lossy(&raw);
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("content-length: 100\r\n"), "{text}");
@@ -105,6 +112,97 @@ fn a_trap_after_the_head_closes_the_connection() {
 #[test]
 fn a_body_shorter_than_its_content_length_closes_the_connection() {
     assert_truncated_then_closed("/short-body");
+}
+
+#[test]
+fn a_body_longer_than_its_content_length_closes_the_connection() {
+    let raw = pipelined_until_closed("/long-body");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 10\r\n"), "{text}");
+    let body = &raw[raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    // At most the promised bytes, and nothing after them: neither the
+    // excess nor the pipelined request's response.
+    assert!(body.len() <= 10, "{text}");
+    assert!(body.iter().all(|&b| b == b'x'), "{text}");
+    assert_eq!(status_of("/ok"), 200);
+}
+
+#[test]
+fn a_status_outside_100_to_599_gets_500() {
+    for code in [0, 99, 600, 999, 1000, 65535] {
+        let response = server()
+            .exchange(format!("GET /status?code={code} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(response.status, 500, "status {code}");
+        assert_eq!(status_of("/ok"), 200);
+    }
+    // Informational statuses cannot end a response either.
+    for code in [100, 101, 103] {
+        let response = server()
+            .exchange(format!("GET /status?code={code} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(response.status, 500, "status {code}");
+    }
+    // The edges of the range pass through.
+    for code in [200, 418, 599] {
+        let response = server()
+            .exchange(format!("GET /status?code={code} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        assert_eq!(
+            (response.status, response.text().as_str()),
+            (code, "status")
+        );
+    }
+}
+
+/// Runs `path` (a guest that tries to set `tried` forbidden or invalid
+/// fields) then `/ok` on one connection: the response has none of them and
+/// the connection carries the next response as usual.
+fn assert_fields_kept_off_the_wire(path: &str, tried: usize) {
+    let mut stream = server().connect();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\n\r\nGET /ok HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, false);
+    assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+    let refused = tried.to_string();
+    assert_eq!(
+        response.header("x-refused"),
+        Some(refused.as_str()),
+        "wasi:http refused them all"
+    );
+    let names: Vec<&str> = response
+        .headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for field in [
+        "connection",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+        "x-injected",
+        "x-split",
+        "x-newline",
+        "x-nul",
+    ] {
+        assert!(!names.contains(&field), "{field} in {names:?}");
+    }
+    assert_eq!(response.header("content-length"), Some("2"));
+    let next = read_response(&mut reader, false);
+    assert_eq!((next.status, next.text().as_str()), (200, "ok"));
+}
+
+#[test]
+fn hop_by_hop_headers_from_a_guest_never_reach_the_wire() {
+    assert_fields_kept_off_the_wire("/hop-by-hop", 5);
+}
+
+#[test]
+fn invalid_header_names_and_values_never_reach_the_wire() {
+    assert_fields_kept_off_the_wire("/bad-header", 6);
 }
 
 #[test]

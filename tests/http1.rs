@@ -352,6 +352,7 @@ fn timeouts_server() -> &'static TestServer {
             limits: Limits {
                 header_timeout: Duration::from_millis(500),
                 keep_alive_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_millis(500),
                 ..test_limits()
             },
             ..wasmhttpd::Config::new(demo_root())
@@ -383,6 +384,56 @@ fn a_slowloris_trickle_is_cut_off_by_the_header_timeout() {
         thread::sleep(Duration::from_millis(20));
     }
     assert_closed(&mut stream);
+}
+
+#[test]
+fn a_client_that_stalls_mid_body_gets_408_and_is_disconnected() {
+    let mut stream = timeouts_server().connect();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, false);
+    assert_eq!(response.status, 408);
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_closed(&mut reader);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
+    let root = tempfile::tempdir().unwrap();
+    // Far more than the socket buffers on both ends hold, so the server's
+    // writes block once the client stops reading.
+    let big = support::noise(64 << 20, 7);
+    std::fs::write(root.path().join("big.bin"), &big).unwrap();
+    let server = TestServer::start(wasmhttpd::Config {
+        limits: Limits {
+            write_timeout: Duration::from_millis(500),
+            ..test_limits()
+        },
+        ..wasmhttpd::Config::new(root.path())
+    });
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // Not reading for four times the write timeout.
+    thread::sleep(Duration::from_secs(2));
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => {}
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+    assert!(
+        received.len() < big.len(),
+        "the server gave up on the client: {} bytes of {}",
+        received.len(),
+        big.len()
+    );
+    // Others are still served.
+    let response =
+        server.exchange(b"GET /big.bin HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert!(response.body == big, "a reading client gets the whole file");
 }
 
 #[test]

@@ -22,14 +22,19 @@ pub const MAX_HEADERS: usize = 100;
 /// forms and uploads of documents, small enough that a few hundred
 /// concurrent uploads cannot exhaust memory.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
-/// Time a client has to send a whole request head (and each read of its
-/// body) once it has started: slow-loris clients are cut off after this.
+/// Time a client has to send a whole request head once it has started:
+/// slow-loris clients are cut off after this.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client may pause between two reads of a request body (then
+/// 408), as nginx's `client_body_timeout`: an upload over a slow link keeps
+/// going, a client that stopped sending does not hold its connection.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time an idle keep-alive connection is kept open waiting for the next
 /// request, as in nginx's `keepalive_timeout`-style defaults.
 pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time one write to a client may take before the client is considered
-/// gone (it stopped reading).
+/// gone (it stopped reading) and the connection is closed, as nginx's
+/// `send_timeout`.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wall-clock time a guest has to produce its response head, and then
 /// each piece of its body. A guest past it gets a 504 (or, once the head
@@ -241,8 +246,10 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Largest request body, in bytes.
     pub max_body_bytes: u64,
-    /// Time to send a request head once started, and each body read.
+    /// Time to send a request head once started.
     pub header_timeout: Duration,
+    /// Time a client may pause while sending a request body.
+    pub body_timeout: Duration,
     /// Time an idle keep-alive connection waits for its next request.
     pub keep_alive_timeout: Duration,
     /// Time one write to the client may take.
@@ -277,6 +284,7 @@ impl Default for Limits {
             max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             guest_timeout: DEFAULT_GUEST_TIMEOUT,

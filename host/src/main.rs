@@ -90,6 +90,15 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_HEADER_TIMEOUT.as_secs_f64())]
     header_timeout: f64,
 
+    /// Seconds a client may pause while sending a request body (then 408).
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_BODY_TIMEOUT.as_secs_f64())]
+    body_timeout: f64,
+
+    /// Seconds one write to a client may take; a client that stopped
+    /// reading is disconnected after it.
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_WRITE_TIMEOUT.as_secs_f64())]
+    write_timeout: f64,
+
     /// Open client connections at most; more wait in the accept backlog.
     #[arg(long, value_name = "N", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -173,11 +182,17 @@ impl Args {
             max_body,
             keep_alive_timeout,
             header_timeout,
+            body_timeout,
+            write_timeout,
             max_connections,
             max_instances,
             ws_max_message,
             ws_idle_timeout,
             max_websockets,
+            reuse,
+            shutdown_grace,
+            queue_timeout,
+            max_requests_per_connection,
             no_default_guest,
             no_watch,
             no_cache
@@ -247,6 +262,8 @@ impl Args {
                 max_body_bytes: self.max_body,
                 keep_alive_timeout: secs("keep-alive-timeout", self.keep_alive_timeout)?,
                 header_timeout: secs("header-timeout", self.header_timeout)?,
+                body_timeout: secs("body-timeout", self.body_timeout)?,
+                write_timeout: secs("write-timeout", self.write_timeout)?,
                 max_connections: self.max_connections,
                 max_instances: self.max_instances,
                 ws_max_message: self.ws_max_message,

@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub max_body: Option<u64>,
     pub keep_alive_timeout: Option<f64>,
     pub header_timeout: Option<f64>,
+    pub body_timeout: Option<f64>,
+    pub write_timeout: Option<f64>,
     pub max_connections: Option<usize>,
     pub max_instances: Option<u32>,
     pub ws_max_message: Option<usize>,

@@ -131,7 +131,7 @@ impl Conn {
                     self.write_error(StatusCode::NOT_FOUND, version, keep_alive)
                         .await
                 }
-                Some(guest) => match guest.handle(request).await {
+                Some(guest) => match guest.handle(request, id).await {
                     Ok(response) => {
                         self.write_response(response, &method, version, keep_alive)
                             .await
@@ -247,11 +247,11 @@ impl Conn {
         Ok(())
     }
 
-    /// One read of body bytes, within the header timeout.
+    /// One read of body bytes, within the body timeout.
     async fn read_more(&mut self) -> Result<(), Error> {
-        let limit = self.shared.limits.header_timeout;
+        let limit = self.shared.limits.body_timeout;
         match timeout(limit, self.io.read_buf(&mut self.buf)).await {
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(Error::BodyTimeout),
             Ok(Ok(0)) => Err(Error::Incomplete),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(err)) => Err(err.into()),
@@ -269,9 +269,11 @@ impl Conn {
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
         let declared = match declared_length(&parts.headers) {
-            Some(declared) if status.as_u16() >= 200 => declared,
+            // wasi:http takes any status of three digits; HTTP has 100-599,
+            // and a final response cannot be informational.
+            Some(declared) if (200..=599).contains(&status.as_u16()) => declared,
             _ => {
-                warn!(%status, "guest response has an informational status or invalid Content-Length");
+                warn!(%status, "guest response has an informational or invalid status, or an invalid Content-Length");
                 drop(body);
                 return self
                     .write_error(StatusCode::INTERNAL_SERVER_ERROR, version, keep_alive)

@@ -27,9 +27,13 @@ pub enum Error {
     /// An HTTP version other than 1.0 or 1.1: 505.
     #[error("HTTP version not supported")]
     Version,
-    /// The client took too long to send the request: the connection closes.
+    /// The client took too long to send the request head: the connection
+    /// closes.
     #[error("timed out reading the request")]
     Timeout,
+    /// The client paused too long while sending the body: 408.
+    #[error("timed out reading the request body")]
+    BodyTimeout,
     /// The client closed the connection in the middle of a request.
     #[error("connection closed mid-request")]
     Incomplete,
@@ -49,6 +53,7 @@ impl Error {
             Error::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Error::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Error::Version => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::Timeout | Error::Incomplete | Error::Io(_) => return None,
         })
     }

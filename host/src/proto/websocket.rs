@@ -177,7 +177,7 @@ impl Conn {
                 .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
                 .collect(),
         };
-        let (session, protocol) = match guest.open_websocket(upgrade).await {
+        let (session, protocol) = match guest.open_websocket(upgrade, id).await {
             Ok(Opened::Accepted(session, protocol)) => (session, protocol),
             Ok(Opened::Refused) => {
                 return self

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
+use super::output::{GuestOutput, Stream};
 use super::reuse::Reuse;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
@@ -257,13 +258,15 @@ impl Guest {
         })
     }
 
-    /// Runs `request` through a fresh instance.
+    /// Runs `request`, whose id is `id` in the logs, through a fresh
+    /// instance (or, with reuse, a free one).
     ///
     /// Returns once the guest has set its response head; the body streams
     /// from the guest as the caller polls it.
     pub async fn handle(
         &self,
         request: http::Request<Full<Bytes>>,
+        id: u64,
     ) -> Result<GuestResponse, GuestError> {
         let queued = Instant::now() + self.ctx.queue_timeout;
         let permit = tokio::time::timeout_at(queued, self.ctx.instances.clone().acquire_owned())
@@ -272,7 +275,7 @@ impl Guest {
             .expect("the instance semaphore is never closed");
         let deadline = Instant::now() + self.ctx.timeout;
         if let Some(reuse) = &self.reuse {
-            let response = tokio::time::timeout_at(deadline, reuse.handle(request))
+            let response = tokio::time::timeout_at(deadline, reuse.handle(request, id))
                 .await
                 .map_err(|_| GuestError::Timeout)??;
             return Ok(response.map(|body| GuestBody {
@@ -285,7 +288,7 @@ impl Guest {
         let head_sent = Arc::new(AtomicBool::new(false));
         let mut store = self
             .ctx
-            .new_store(deadline, head_sent.clone())
+            .new_store(deadline, head_sent.clone(), id)
             .map_err(GuestError::Setup)?;
 
         let (sender, receiver) = oneshot::channel();
@@ -331,13 +334,15 @@ impl Guest {
 impl GuestContext {
     /// A store for one instance: the guest's WASI context, and an epoch
     /// callback that yields every tick and interrupts the guest once it is
-    /// past its deadline, unless `lifted` is set by then.
+    /// past its deadline, unless `lifted` is set by then. Its output is
+    /// logged under the request id `id`.
     pub(crate) fn new_store(
         &self,
         deadline: Instant,
         lifted: Arc<AtomicBool>,
+        id: u64,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted)?;
+        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted, id)?;
         state.limits = StoreLimitsBuilder::new().memory_size(self.memory).build();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -416,6 +421,9 @@ pub(crate) struct GuestState {
     lifted: Arc<AtomicBool>,
     /// The route's memory cap (the pool's may be higher, for other routes).
     limits: StoreLimits,
+    /// The id of the request (or WebSocket session) the instance serves,
+    /// which its output is logged with.
+    pub(crate) request: Arc<AtomicU64>,
 }
 
 impl GuestState {
@@ -424,10 +432,12 @@ impl GuestState {
         env: &[(String, String)],
         deadline: Instant,
         lifted: Arc<AtomicBool>,
+        id: u64,
     ) -> wasmtime::Result<Self> {
+        let request = Arc::new(AtomicU64::new(id));
         let mut wasi = WasiCtx::builder();
-        wasi.inherit_stdout()
-            .inherit_stderr()
+        wasi.stdout(GuestOutput::new(Stream::Stdout, request.clone()))
+            .stderr(GuestOutput::new(Stream::Stderr, request.clone()))
             .envs(env)
             .preopened_dir(root, "/", FsPerms::ReadOnly)?;
         Ok(GuestState {
@@ -437,6 +447,7 @@ impl GuestState {
             deadline,
             lifted,
             limits: StoreLimits::default(),
+            request,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! The WebAssembly side: the engine, the compiled-component cache, loading
 //! a guest component and swapping in new versions, running one request
 //! through a fresh instance of it, and WebSocket sessions in an instance
-//! of their own.
+//! of their own. A guest's stdout and stderr become log lines.
 //!
 //! It meets the HTTP side at `http::Request` / `http::Response`, and at
 //! whole WebSocket messages.
@@ -9,6 +9,7 @@
 pub mod cache;
 pub mod engine;
 pub mod guest;
+mod output;
 pub mod reload;
 mod reuse;
 pub mod websocket;

@@ -10,7 +10,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -49,12 +49,13 @@ impl Reuse {
     pub(super) async fn handle(
         &self,
         request: http::Request<Full<Bytes>>,
+        id: u64,
     ) -> Result<handler::Response, GuestError> {
         let request = request.map(|body| body.map_err(|never| match never {}).boxed_unsync());
-        match self.handler.handle((), request).await {
+        match self.handler.handle(id, request).await {
             Ok(response) => Ok(response),
             Err(err) if err.is::<ExpirationError>() => Err(GuestError::Timeout),
-            Err(err) if err.is::<InstantiationError<()>>() => Err(GuestError::Setup(err)),
+            Err(err) if err.is::<InstantiationError<u64>>() => Err(GuestError::Setup(err)),
             Err(err) => Err(classify(err)),
         }
     }
@@ -81,7 +82,7 @@ impl HandlerState for Instances {
         let timeout = self.ctx.timeout;
         let mut store = self
             .ctx
-            .new_store(tokio::time::Instant::now() + timeout, lifted)?;
+            .new_store(tokio::time::Instant::now() + timeout, lifted, 0)?;
         let proxy = tokio::time::timeout(timeout, self.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| wasmtime::Error::msg("instantiation timed out"))??;
@@ -138,7 +139,8 @@ struct Worker {
 
 impl WorkerState for Worker {
     type StoreData = GuestState;
-    type RequestData = ();
+    /// The request's id, which the instance's output is logged with.
+    type RequestData = u64;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse {
@@ -152,10 +154,11 @@ impl WorkerState for Worker {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<'_, GuestState>,
-        _data: (),
+        store: StoreContextMut<'_, GuestState>,
+        id: u64,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
+        store.data().request.store(id, Ordering::Relaxed);
         Box::pin(tokio::time::sleep(self.timeout))
     }
 

@@ -66,8 +66,9 @@ impl Guest {
         self.websocket.is_some()
     }
 
-    /// Instantiates the guest for a session and asks it to `open`.
-    pub async fn open_websocket(&self, upgrade: Upgrade) -> Result<Opened, GuestError> {
+    /// Instantiates the guest for a session (`id` in the logs) and asks it
+    /// to `open`.
+    pub async fn open_websocket(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
         let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
         let slot = self
             .ctx
@@ -78,7 +79,7 @@ impl Guest {
         let deadline = Instant::now() + self.ctx.timeout;
         let mut store = self
             .ctx
-            .new_store(deadline, Arc::new(AtomicBool::new(false)))
+            .new_store(deadline, Arc::new(AtomicBool::new(false)), id)
             .map_err(GuestError::Setup)?;
         let handler = match timeout_at(deadline, pre.instantiate_async(&mut store)).await {
             Ok(Ok(handler)) => handler,

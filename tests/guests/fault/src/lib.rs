@@ -12,6 +12,14 @@
 //! | `/no-response`      | returns without setting a response                         |
 //! | `/trap-after-head`  | sends a head promising 100 bytes, writes 10, then panics   |
 //! | `/short-body`       | promises 100 bytes, writes 10, finishes                    |
+//! | `/long-body`        | promises 10 bytes, tries to write 100, finishes            |
+//! | `/status?code=N`    | answers with status N (traps if wasi:http refuses it)      |
+//! | `/hop-by-hop`       | tries to set `Connection`, `Transfer-Encoding`, `Upgrade`, |
+//! |                     | `Keep-Alive`, `Proxy-Connection`; answers `ok` with the    |
+//! |                     | number of refused fields in `x-refused`                    |
+//! | `/bad-header`       | tries invalid names and values (CR LF, NUL, spaces);       |
+//! |                     | answers `ok` with the number refused in `x-refused`        |
+//! | `/print`            | writes lines to stdout and stderr, then answers `ok`       |
 //! | `/alloc-mib?n=N`    | allocates N MiB, then answers 200 with the byte count      |
 //! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
@@ -96,6 +104,48 @@ impl Guest for Component {
                 drop(stream);
                 let _ = OutgoingBody::finish(body, None);
             }
+            "/long-body" => {
+                let body = send_head(outparam, 200, &[("content-length", b"10")]);
+                let stream = body.write().unwrap();
+                // wasi:http may refuse the bytes past the length; go on anyway.
+                let _ = write_all(&stream, &[b'x'; 100]);
+                drop(stream);
+                let _ = OutgoingBody::finish(body, None);
+            }
+            "/status" => {
+                let code = u16::try_from(param(query, "code", 200)).unwrap_or(u16::MAX);
+                respond(outparam, code, &[], b"status");
+            }
+            "/hop-by-hop" => try_fields(
+                outparam,
+                &[
+                    ("connection", b"close"),
+                    ("transfer-encoding", b"chunked"),
+                    ("upgrade", b"websocket"),
+                    ("keep-alive", b"timeout=99"),
+                    ("proxy-connection", b"close"),
+                ],
+            ),
+            "/bad-header" => try_fields(
+                outparam,
+                &[
+                    ("x-split", b"a\r\nx-injected: 1"),
+                    ("x-newline", b"a\nx-injected: 1"),
+                    ("x-nul", b"a\0b"),
+                    ("bad name", b"v"),
+                    ("x-injected: 1\r\nx-b", b"v"),
+                    ("", b"v"),
+                ],
+            ),
+            "/print" => {
+                println!("guest line on stdout");
+                eprintln!("guest line on stderr");
+                print!("guest line without a newline");
+                // Out of the guest's own buffer; the host holds the line
+                // until it ends or the instance does.
+                std::io::Write::flush(&mut std::io::stdout()).unwrap();
+                respond(outparam, 200, &[], b"ok");
+            }
             "/stream-gated" => stream_gated(outparam, param(query, "n", 3)),
             "/alloc-mib" => {
                 let block = vec![1_u8; (param(query, "n", 1) as usize) << 20];
@@ -129,6 +179,27 @@ fn send_head(outparam: ResponseOutparam, status: u16, headers: &[(&str, &[u8])])
     let body = response.body().unwrap();
     ResponseOutparam::set(outparam, Ok(response));
     body
+}
+
+/// Tries to add each field to a response; answers `ok` with how many
+/// wasi:http refused in `x-refused`.
+fn try_fields(outparam: ResponseOutparam, fields: &[(&str, &[u8])]) {
+    let headers = Fields::new();
+    let refused = fields
+        .iter()
+        .filter(|(name, value)| headers.append(name, value).is_err())
+        .count();
+    headers
+        .append("x-refused", refused.to_string().as_bytes())
+        .unwrap();
+    headers.append("content-length", b"2").unwrap();
+    let response = OutgoingResponse::new(headers);
+    let body = response.body().unwrap();
+    ResponseOutparam::set(outparam, Ok(response));
+    let stream = body.write().unwrap();
+    write_all(&stream, b"ok").unwrap();
+    drop(stream);
+    OutgoingBody::finish(body, None).unwrap();
 }
 
 fn respond(outparam: ResponseOutparam, status: u16, headers: &[(&str, &[u8])], body: &[u8]) {
