@@ -526,6 +526,40 @@ fn a_client_that_leaves_mid_stream_stops_the_guest() {
 }
 
 #[test]
+fn a_client_that_leaves_a_silent_stream_stops_the_guest() {
+    // The guest sends a head and a first chunk, then waits for a gate file
+    // that never appears, writing nothing: a long poll with nothing to say.
+    let server = TestServer::faults(test_limits());
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+        .unwrap();
+    stream
+        .write_all(b"GET /stream-gated?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    read_head(&mut reader);
+    assert_eq!(read_chunk(&mut reader), b"chunk 0\n");
+    assert_eq!(server.monitor.requests_running(), 1);
+    drop(reader);
+    // Well before the guest's 30 s deadline.
+    server.eventually("the guest is stopped", |m| m.requests_running() == 0);
+}
+
+#[test]
+fn a_client_that_leaves_before_the_head_stops_the_guest() {
+    let server = TestServer::faults(test_limits());
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    // Blocks in a host call until its 30 s deadline.
+    stream
+        .write_all(b"GET /sleep HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    server.eventually("the guest runs", |m| m.requests_running() == 1);
+    drop(stream);
+    server.eventually("the guest is stopped", |m| m.requests_running() == 0);
+}
+
+#[test]
 fn shutdown_closes_sessions_with_1001() {
     let server = TestServer::static_files(&demo_root());
     let mut socket = connect(server.addr, "/ws/echo");

@@ -18,6 +18,8 @@
 //! - [`config`]: the configuration and every limit, with its default.
 //! - [`server`]: binding, the accept loop, the connection cap.
 //! - [`routes`]: which guest serves which path prefix.
+//! - [`metrics`]: counters and gauges, served to Prometheus on a listener
+//!   of their own.
 //! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
 //!   WebSocket upgrades).
 //! - [`wasm`]: the engine, the compiled-component cache, loading a guest
@@ -25,6 +27,7 @@
 //!   through it.
 
 pub mod config;
+pub mod metrics;
 pub mod proto;
 pub mod routes;
 pub mod server;

@@ -28,6 +28,11 @@ struct Args {
     #[arg(long, env = "WASMHTTPD_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of
+    /// their own (keep it off the public interface).
+    #[arg(long, value_name = "ADDR", env = "WASMHTTPD_METRICS")]
+    metrics: Option<SocketAddr>,
+
     /// Web root, preopened read-only for the guest at `/`.
     #[arg(long, env = "WASMHTTPD_ROOT", default_value = config::DEFAULT_ROOT)]
     root: PathBuf,
@@ -204,7 +209,7 @@ impl Args {
                 }
             )*};
         }
-        take_some!(guest, cache_dir);
+        take_some!(guest, cache_dir, metrics);
         let invalid = |what: &str, err: String| {
             anyhow::anyhow!("invalid {what} in {}: {err}", path.display())
         };
@@ -325,11 +330,24 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
 
-    let listen = args.listen;
+    let (listen, metrics) = (args.listen, args.metrics);
     let config = args.into_config()?;
     let server = wasmhttpd::Server::new(config)?;
     let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    if let Some(metrics) = metrics {
+        let metrics_listener = wasmhttpd::bind(metrics)
+            .with_context(|| format!("cannot listen for metrics on {metrics}"))?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        tokio::spawn(wasmhttpd::metrics::serve(
+            metrics_listener,
+            server.metrics(),
+        ));
+        eprintln!(
+            "metrics on http://{metrics_addr}{}",
+            wasmhttpd::metrics::PATH
+        );
+    }
     // Signal handlers are in place before the address is announced.
     tokio::spawn(reload_on_sighup(server.reloader()));
     let shutdown = shutdown_signal();

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, Limits, RouteLimits};
+use crate::metrics::Metrics;
 use crate::proto::conn::Conn;
 use crate::routes::Routes;
 use crate::wasm::cache::{CompiledCache, Digest};
@@ -68,6 +69,7 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
     pub(crate) limits: Limits,
     guests: Arc<GuestContext>,
+    pub(crate) metrics: Arc<Metrics>,
     next_id: AtomicU64,
 }
 
@@ -168,12 +170,14 @@ impl Server {
             });
         }
         let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
+        let metrics = Arc::new(Metrics::new());
         let guests = Arc::new(GuestContext::new(
             engine,
             root,
             config.env,
             &config.limits,
             CompiledCache::new(config.cache_dir),
+            metrics.clone(),
         ));
         let mut table: Vec<(String, Arc<GuestSlot>)> = Vec::new();
         for route in config.routes {
@@ -206,10 +210,16 @@ impl Server {
                 shutdown: watch::Sender::new(false),
                 limits: config.limits,
                 guests,
+                metrics,
                 next_id: AtomicU64::new(1),
             }),
             watching,
         })
+    }
+
+    /// The server's metrics, for [`crate::metrics::serve`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// A handle that reloads this server's guests.
@@ -282,10 +292,11 @@ impl Server {
                 continue;
             };
             let conn = Conn::new(stream, local, peer, self.shared.clone());
+            let open = self.shared.metrics.connection();
             tokio::spawn(
                 async move {
                     conn.serve().await;
-                    drop(permit);
+                    drop((open, permit));
                 }
                 .instrument(info_span!("conn", %peer)),
             );

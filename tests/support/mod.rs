@@ -48,6 +48,8 @@ pub fn plain_guest() -> PathBuf {
 /// A server running on its own runtime thread; stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where the server's metrics are served.
+    pub metrics_addr: SocketAddr,
     pub monitor: wasmhttpd::Monitor,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -65,10 +67,14 @@ impl TestServer {
             runtime.block_on(async move {
                 let server = Server::new(config).expect("server starts");
                 let listener = wasmhttpd::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+                let metrics = wasmhttpd::bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+                let addrs = (
+                    listener.local_addr().unwrap(),
+                    metrics.local_addr().unwrap(),
+                );
+                tokio::spawn(wasmhttpd::metrics::serve(metrics, server.metrics()));
                 let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-                ready_tx
-                    .send((listener.local_addr().unwrap(), server.monitor(), stop_tx))
-                    .unwrap();
+                ready_tx.send((addrs, server.monitor(), stop_tx)).unwrap();
                 server
                     .run(listener, async {
                         let _ = stop_rx.await;
@@ -77,9 +83,10 @@ impl TestServer {
             });
             runtime.shutdown_timeout(Duration::from_secs(1));
         });
-        let (addr, monitor, stop) = ready_rx.recv().expect("server thread started");
+        let ((addr, metrics_addr), monitor, stop) = ready_rx.recv().expect("server thread started");
         TestServer {
             addr,
+            metrics_addr,
             monitor,
             stop: Some(stop),
             thread: Some(thread),

@@ -26,6 +26,7 @@ use serde::Deserialize;
 #[allow(missing_docs)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub root: Option<PathBuf>,
     pub guest: Option<PathBuf>,
     #[serde(default)]

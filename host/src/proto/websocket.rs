@@ -206,6 +206,9 @@ impl Conn {
             return;
         }
         info!(target: "wasmhttpd::access", id, method = "GET", %target, status = 101, "WebSocket session opened");
+        self.shared
+            .metrics
+            .response(StatusCode::SWITCHING_PROTOCOLS, None);
         let limits = self.shared.limits.clone();
         let shutdown = self.shutdown_receiver();
         let (io, unread) = self.into_parts();
@@ -225,6 +228,7 @@ impl Conn {
             .is_ok()
         {
             info!(target: "wasmhttpd::access", id, method = "GET", %target, status = status.as_u16(), "WebSocket upgrade refused");
+            self.shared.metrics.response(status, None);
             self.close().await;
         }
     }

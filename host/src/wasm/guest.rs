@@ -32,6 +32,7 @@ use super::output::{GuestOutput, Stream};
 use super::reuse::Reuse;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
+use crate::metrics::{Metrics, Open};
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,8 @@ pub struct GuestContext {
     /// Open WebSocket sessions' share of the instance pool.
     pub(super) websocket_slots: Arc<Semaphore>,
     max_websockets: usize,
+    /// The server's metrics.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl GuestContext {
@@ -126,6 +129,7 @@ impl GuestContext {
         env: Vec<(String, String)>,
         limits: &Limits,
         cache: CompiledCache,
+        metrics: Arc<Metrics>,
     ) -> Self {
         GuestContext {
             engine,
@@ -141,6 +145,7 @@ impl GuestContext {
             own_instances: false,
             websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
             max_websockets: limits.max_websockets as usize,
+            metrics,
         }
     }
 
@@ -164,6 +169,7 @@ impl GuestContext {
             own_instances,
             websocket_slots: self.websocket_slots.clone(),
             max_websockets: self.max_websockets,
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -268,6 +274,20 @@ impl Guest {
         request: http::Request<Full<Bytes>>,
         id: u64,
     ) -> Result<GuestResponse, GuestError> {
+        let fault = FaultOnce::new(&self.ctx.metrics);
+        let result = self.dispatch(request, id, &fault).await;
+        if let Err(err) = &result {
+            fault.report(err);
+        }
+        result
+    }
+
+    async fn dispatch(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        id: u64,
+        fault: &FaultOnce,
+    ) -> Result<GuestResponse, GuestError> {
         let queued = Instant::now() + self.ctx.queue_timeout;
         let permit = tokio::time::timeout_at(queued, self.ctx.instances.clone().acquire_owned())
             .await
@@ -300,13 +320,22 @@ impl Guest {
         };
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
         let pre = self.pre.clone();
+        let fault = fault.clone();
         let mut task = AbortOnDrop(tokio::spawn(async move {
             let _permit = permit;
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, outparam)
-                .await
+            let result = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, request, outparam)
+                    .await
+            }
+            .await;
+            // A fault after the response head has no other witness.
+            if let Err(err) = &result {
+                fault.report_trap(err);
+            }
+            result
         }));
 
         match tokio::time::timeout_at(deadline, receiver).await {
@@ -342,7 +371,8 @@ impl GuestContext {
         lifted: Arc<AtomicBool>,
         id: u64,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted, id)?;
+        let live = self.metrics.instance();
+        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted, id, live)?;
         state.limits = StoreLimitsBuilder::new().memory_size(self.memory).build();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -361,9 +391,50 @@ impl GuestContext {
 
 /// A trap raised by the epoch deadline is a timeout; anything else a fault.
 pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
-    match err.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => GuestError::Timeout,
-        _ => GuestError::Trap(err),
+    if is_interrupt(&err) {
+        GuestError::Timeout
+    } else {
+        GuestError::Trap(err)
+    }
+}
+
+fn is_interrupt(err: &wasmtime::Error) -> bool {
+    matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
+/// Counts a request's guest fault in the metrics once, whether the host
+/// sees it first (a deadline) or the guest's task does (a trap, maybe
+/// after the response head was sent).
+#[derive(Clone)]
+pub(crate) struct FaultOnce {
+    reported: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl FaultOnce {
+    pub(crate) fn new(metrics: &Arc<Metrics>) -> Self {
+        FaultOnce {
+            reported: Arc::new(AtomicBool::new(false)),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Counts `err` unless a fault of this request was counted already.
+    pub(crate) fn report(&self, err: &GuestError) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            self.metrics.guest_failed(err);
+        }
+    }
+
+    /// Counts an error the guest's own call ended with.
+    fn report_trap(&self, err: &wasmtime::Error) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            if is_interrupt(err) {
+                self.metrics.guest_timed_out();
+            } else {
+                self.metrics.guest_trapped();
+            }
+        }
     }
 }
 
@@ -424,6 +495,8 @@ pub(crate) struct GuestState {
     /// The id of the request (or WebSocket session) the instance serves,
     /// which its output is logged with.
     pub(crate) request: Arc<AtomicU64>,
+    /// Counts the instance as live while its store exists.
+    _live: Open,
 }
 
 impl GuestState {
@@ -433,6 +506,7 @@ impl GuestState {
         deadline: Instant,
         lifted: Arc<AtomicBool>,
         id: u64,
+        live: Open,
     ) -> wasmtime::Result<Self> {
         let request = Arc::new(AtomicU64::new(id));
         let mut wasi = WasiCtx::builder();
@@ -448,6 +522,7 @@ impl GuestState {
             lifted,
             limits: StoreLimits::default(),
             request,
+            _live: live,
         })
     }
 }

@@ -119,6 +119,7 @@ impl GuestSlot {
             Err(_) => &self.failures,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.ctx.metrics.reload(reloaded.is_ok());
         reloaded
     }
 

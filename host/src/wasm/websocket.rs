@@ -16,6 +16,7 @@ use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
 use super::guest::{Guest, GuestError, GuestState, classify};
+use crate::metrics::{Metrics, Open};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -58,6 +59,9 @@ pub struct Session {
     handler: WebsocketHandler,
     timeout: std::time::Duration,
     _slot: OwnedSemaphorePermit,
+    /// Counts the session as open while it lasts.
+    _open: Open,
+    metrics: Arc<Metrics>,
 }
 
 impl Guest {
@@ -69,6 +73,14 @@ impl Guest {
     /// Instantiates the guest for a session (`id` in the logs) and asks it
     /// to `open`.
     pub async fn open_websocket(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
+        let opened = self.open_session(upgrade, id).await;
+        if let Err(err) = &opened {
+            self.ctx.metrics.guest_failed(err);
+        }
+        opened
+    }
+
+    async fn open_session(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
         let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
         let slot = self
             .ctx
@@ -91,6 +103,8 @@ impl Guest {
             handler,
             timeout: self.ctx.timeout,
             _slot: slot,
+            _open: self.ctx.metrics.websocket_session(),
+            metrics: self.ctx.metrics.clone(),
         };
         let deadline = session.arm();
         let call = session
@@ -122,11 +136,12 @@ impl Session {
             .handler
             .wasmhttpd_guest_websocket()
             .call_on_message(&mut self.store, message);
-        match timeout_at(deadline, call).await {
+        let result = match timeout_at(deadline, call).await {
             Ok(Ok(replies)) => Ok(replies),
             Ok(Err(err)) => Err(classify(err)),
             Err(_) => Err(GuestError::Timeout),
-        }
+        };
+        self.count(result)
     }
 
     /// Tells the guest the session ended, then drops the instance.
@@ -136,10 +151,19 @@ impl Session {
             self.handler
                 .wasmhttpd_guest_websocket()
                 .call_on_close(&mut self.store, code, reason);
-        match timeout_at(deadline, call).await {
+        let result = match timeout_at(deadline, call).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(classify(err)),
             Err(_) => Err(GuestError::Timeout),
+        };
+        self.count(result)
+    }
+
+    /// Counts a failed call in the metrics.
+    fn count<T>(&self, result: Result<T, GuestError>) -> Result<T, GuestError> {
+        if let Err(err) = &result {
+            self.metrics.guest_failed(err);
         }
+        result
     }
 }

@@ -1,0 +1,326 @@
+//! What the server counts, and the endpoint that serves it as Prometheus
+//! metrics (OpenMetrics text) on a listener of its own (`--metrics ADDR`),
+//! apart from the traffic it measures.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `wasmhttpd_requests_total{class}` | counter | responses by status class (`1xx` … `5xx`) |
+//! | `wasmhttpd_request_duration_seconds` | histogram | from the request head to the response's last byte |
+//! | `wasmhttpd_open_connections` | gauge | client connections open now |
+//! | `wasmhttpd_guest_instances` | gauge | guest instances alive now (requests, reused, WebSocket) |
+//! | `wasmhttpd_websocket_sessions` | gauge | WebSocket sessions open now |
+//! | `wasmhttpd_guest_traps_total` | counter | guests that trapped (panic, `unreachable`, out of memory) |
+//! | `wasmhttpd_guest_timeouts_total` | counter | guests stopped at their deadline |
+//! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tracing::{Instrument, debug, error, info_span};
+
+use crate::config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES, DEFAULT_WRITE_TIMEOUT};
+use crate::proto::role::{self, BodyKind, Framing};
+use crate::wasm::guest::GuestError;
+
+/// The one path the endpoint serves.
+pub const PATH: &str = "/metrics";
+/// The content type of the OpenMetrics text format, which Prometheus reads.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Latency buckets: 0.5 ms doubling to about 16 s, which spans a file from
+/// the page cache to a guest at its default deadline.
+const LATENCY_BUCKETS: (f64, f64, u16) = (0.0005, 2.0, 16);
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The server's counters and gauges.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<ClassLabel, Counter>,
+    latency: Histogram,
+    connections: Gauge,
+    instances: Gauge,
+    websocket_sessions: Gauge,
+    traps: Counter,
+    timeouts: Counter,
+    reloads: Family<ResultLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric at zero, registered for encoding.
+    pub fn new() -> Self {
+        let (start, factor, count) = LATENCY_BUCKETS;
+        let requests = Family::<ClassLabel, Counter>::default();
+        let latency = Histogram::new(exponential_buckets(start, factor, count));
+        let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
+        let [traps, timeouts] = [(); 2].map(|()| Counter::default());
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let mut registry = Registry::with_prefix("wasmhttpd");
+        registry.register(
+            "requests",
+            "Responses sent, by status class",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's head to its response's last byte",
+            latency.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        registry.register(
+            "guest_instances",
+            "Guest instances alive now",
+            instances.clone(),
+        );
+        registry.register(
+            "websocket_sessions",
+            "WebSocket sessions open now",
+            websocket_sessions.clone(),
+        );
+        registry.register("guest_traps", "Guests that trapped", traps.clone());
+        registry.register(
+            "guest_timeouts",
+            "Guests stopped at their deadline",
+            timeouts.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Guest reloads, swapped in or failed",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            connections,
+            instances,
+            websocket_sessions,
+            traps,
+            timeouts,
+            reloads,
+        }
+    }
+
+    /// Counts a response and how long it took (`None` for a request refused
+    /// before it was whole, which has no meaningful duration).
+    pub(crate) fn response(&self, status: StatusCode, elapsed: Option<Duration>) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&ClassLabel { class }).inc();
+        if let Some(elapsed) = elapsed {
+            self.latency.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Counts a guest that failed, when the failure was the guest's own.
+    pub(crate) fn guest_failed(&self, err: &GuestError) {
+        match err {
+            GuestError::Trap(_) => self.guest_trapped(),
+            GuestError::Timeout => self.guest_timed_out(),
+            _ => {}
+        }
+    }
+
+    /// Counts a guest that trapped.
+    pub(crate) fn guest_trapped(&self) {
+        self.traps.inc();
+    }
+
+    /// Counts a guest stopped at its deadline.
+    pub(crate) fn guest_timed_out(&self) {
+        self.timeouts.inc();
+    }
+
+    /// Counts a reload.
+    pub(crate) fn reload(&self, swapped: bool) {
+        let result = if swapped { "swapped" } else { "failed" };
+        self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub(crate) fn connection(self: &Arc<Self>) -> Open {
+        Open::new(self, |metrics| &metrics.connections)
+    }
+
+    /// Counts a live guest instance until the guard is dropped.
+    pub(crate) fn instance(self: &Arc<Self>) -> Open {
+        Open::new(self, |metrics| &metrics.instances)
+    }
+
+    /// Counts an open WebSocket session until the guard is dropped.
+    pub(crate) fn websocket_session(self: &Arc<Self>) -> Open {
+        Open::new(self, |metrics| &metrics.websocket_sessions)
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Holds one unit of a gauge while something is open.
+pub(crate) struct Open {
+    metrics: Arc<Metrics>,
+    gauge: fn(&Metrics) -> &Gauge,
+}
+
+impl Open {
+    fn new(metrics: &Arc<Metrics>, gauge: fn(&Metrics) -> &Gauge) -> Open {
+        gauge(metrics).inc();
+        Open {
+            metrics: metrics.clone(),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        (self.gauge)(&self.metrics).dec();
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the future is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let metrics = metrics.clone();
+                tokio::spawn(
+                    async move {
+                        if let Err(err) = scrape(stream, &metrics).await {
+                            debug!(cause = %err, "metrics connection ended");
+                        }
+                    }
+                    .instrument(info_span!("metrics", %peer)),
+                );
+            }
+            Err(err) => {
+                error!(cause = %err, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Answers the requests of one connection to the endpoint: the metrics
+/// on `GET /metrics`, 404 elsewhere, 405 for other methods; a request with
+/// a body or a bad head ends the connection.
+async fn scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let authority = stream.local_addr()?.to_string();
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let parsed = loop {
+            match role::parse_request(&buf, DEFAULT_MAX_HEAD_BYTES, &authority) {
+                Ok(Some(parsed)) => break Ok(parsed),
+                Ok(None) => {}
+                Err(err) => break Err(err),
+            }
+            let read = timeout(DEFAULT_HEADER_TIMEOUT, stream.read_buf(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) | Err(_) => return Ok(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => return Err(err),
+            }
+        };
+        let (head, len) = match parsed {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                let status = err.status().unwrap_or(StatusCode::BAD_REQUEST);
+                let out = head_bytes(status, &HeaderMap::new(), 0, false, Version::HTTP_11);
+                return write(&mut stream, &out).await;
+            }
+        };
+        buf.drain(..len);
+        // This endpoint takes no bodies: one ends the connection.
+        let keep_alive = head.keep_alive && head.body == BodyKind::Empty;
+        let mut headers = HeaderMap::new();
+        let (status, body) = if head.uri.path() != PATH {
+            (StatusCode::NOT_FOUND, String::new())
+        } else if head.method != Method::GET && head.method != Method::HEAD {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            (StatusCode::METHOD_NOT_ALLOWED, String::new())
+        } else {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            (StatusCode::OK, metrics.encode())
+        };
+        let mut out = head_bytes(
+            status,
+            &headers,
+            body.len() as u64,
+            keep_alive,
+            head.version,
+        );
+        if head.method != Method::HEAD {
+            out.extend_from_slice(body.as_bytes());
+        }
+        write(&mut stream, &out).await?;
+        if !keep_alive {
+            return Ok(());
+        }
+    }
+}
+
+/// A response head with a `Content-Length` of `length`.
+fn head_bytes(
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: u64,
+    keep_alive: bool,
+    version: Version,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    role::encode_response_head(
+        &mut out,
+        status,
+        headers,
+        Framing::Length(length),
+        keep_alive,
+        version,
+        &date,
+    );
+    out
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    match timeout(DEFAULT_WRITE_TIMEOUT, stream.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}

@@ -1,0 +1,218 @@
+//! The Prometheus endpoint: its counters and gauges move as the server
+//! works, and it answers only what it serves.
+
+mod support;
+
+use std::io::{BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use support::{
+    TestServer, demo_root, exchange_at, fault_guest, plain_guest, read_response, test_limits,
+};
+use wasmhttpd::{Config, GuestSource, Limits};
+
+/// The metrics text, scraped over a real connection.
+fn scrape(server: &TestServer) -> String {
+    let response = exchange_at(
+        server.metrics_addr,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = response.text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    text
+}
+
+/// The value of the sample `name` (with its labels, if any); 0 when the
+/// sample is not there yet (a label set not seen so far).
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+fn get(server: &TestServer, path: &str) -> u16 {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    exchange_at(server.addr, request.as_bytes()).status
+}
+
+/// Waits until the sample `name` reads `expected`.
+fn eventually_reads(server: &TestServer, name: &str, expected: f64) {
+    let deadline = std::time::Instant::now() + support::CLIENT_TIMEOUT;
+    loop {
+        let text = scrape(server);
+        if value(&text, name) == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never read {expected}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn deploy(component: &Path, path: &Path) {
+    let temp = path.with_extension("tmp");
+    std::fs::copy(component, &temp).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+#[test]
+fn counters_move_as_requests_are_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest.wasm");
+    deploy(&fault_guest(), &guest);
+    let server = TestServer::start(Config {
+        watch: true,
+        limits: Limits {
+            guest_timeout: Duration::from_secs(1),
+            ..test_limits()
+        },
+        ..Config::new(demo_root()).with_guest(GuestSource::File(guest.clone()))
+    });
+    let before = scrape(&server);
+    for _ in 0..3 {
+        assert_eq!(get(&server, "/ok"), 200);
+    }
+    assert_eq!(get(&server, "/nothing-here"), 404);
+    assert_eq!(get(&server, "/trap"), 500);
+    assert_eq!(get(&server, "/loop"), 504);
+    assert_eq!(get(&server, "/sleep"), 504);
+    let refused = exchange_at(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n",
+    );
+    assert_eq!(refused.status, 400);
+    // A trap after the head was sent has no status to show for it.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /trap-after-head HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+
+    // Counted once the access log line is written: poll for the last one.
+    let traps = value(&before, "wasmhttpd_guest_traps_total");
+    eventually_reads(&server, "wasmhttpd_guest_traps_total", traps + 2.0);
+    let after = scrape(&server);
+    let moved = |name: &str| value(&after, name) - value(&before, name);
+    assert_eq!(
+        moved("wasmhttpd_requests_total{class=\"2xx\"}"),
+        4.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("wasmhttpd_requests_total{class=\"4xx\"}"),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        moved("wasmhttpd_requests_total{class=\"5xx\"}"),
+        3.0,
+        "{after}"
+    );
+    assert_eq!(moved("wasmhttpd_guest_timeouts_total"), 2.0, "{after}");
+    // Every request with a whole head has a duration, the 400 does not.
+    assert_eq!(
+        moved("wasmhttpd_request_duration_seconds_count"),
+        8.0,
+        "{after}"
+    );
+    assert!(
+        moved("wasmhttpd_request_duration_seconds_sum") > 0.0,
+        "{after}"
+    );
+
+    // Reloads, swapped and failed.
+    deploy(&plain_guest(), &guest);
+    eventually_reads(&server, "wasmhttpd_reloads_total{result=\"swapped\"}", 1.0);
+    std::fs::write(dir.path().join("garbage"), b"\0asm not a component").unwrap();
+    deploy(&dir.path().join("garbage"), &guest);
+    eventually_reads(&server, "wasmhttpd_reloads_total{result=\"failed\"}", 1.0);
+    assert_eq!(get(&server, "/ok"), 200, "the plain guest still serves");
+}
+
+#[test]
+fn gauges_follow_connections_instances_and_sessions() {
+    let server = TestServer::faults(test_limits());
+    eventually_reads(&server, "wasmhttpd_open_connections", 0.0);
+    eventually_reads(&server, "wasmhttpd_guest_instances", 0.0);
+
+    // A connection that stays open, and a response held open by a guest
+    // waiting for its gate file (which never appears).
+    let idle = server.connect();
+    eventually_reads(&server, "wasmhttpd_open_connections", 1.0);
+    let mut streaming = server.connect();
+    streaming
+        .write_all(b"GET /stream-gated?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(streaming);
+    let head = read_response_head(&mut reader);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    eventually_reads(&server, "wasmhttpd_open_connections", 2.0);
+    eventually_reads(&server, "wasmhttpd_guest_instances", 1.0);
+
+    let (socket, _) = tungstenite::connect(format!("ws://{}/ws/echo", server.addr)).unwrap();
+    eventually_reads(&server, "wasmhttpd_websocket_sessions", 1.0);
+    eventually_reads(&server, "wasmhttpd_guest_instances", 2.0);
+
+    drop((idle, reader, socket));
+    eventually_reads(&server, "wasmhttpd_websocket_sessions", 0.0);
+    eventually_reads(&server, "wasmhttpd_guest_instances", 0.0);
+    eventually_reads(&server, "wasmhttpd_open_connections", 0.0);
+}
+
+/// Reads a response head up to its blank line.
+fn read_response_head(reader: &mut impl std::io::BufRead) -> String {
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
+    }
+    head
+}
+
+#[test]
+fn the_endpoint_serves_only_its_path() {
+    let server = TestServer::faults(test_limits());
+    let missing = exchange_at(server.metrics_addr, b"GET / HTTP/1.1\r\nHost: m\r\n\r\n");
+    assert_eq!(missing.status, 404);
+    let post = exchange_at(
+        server.metrics_addr,
+        b"POST /metrics HTTP/1.1\r\nHost: m\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let bad = exchange_at(
+        server.metrics_addr,
+        b"GET /metrics HTTP/9.9\r\nHost: m\r\n\r\n",
+    );
+    assert_eq!(bad.status, 505);
+    // Keep-alive: a scraper reuses its connection; HEAD has the GET's length.
+    let mut stream = std::net::TcpStream::connect(server.metrics_addr).unwrap();
+    stream
+        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+        .unwrap();
+    stream
+        .write_all(
+            b"HEAD /metrics HTTP/1.1\r\nHost: m\r\n\r\nGET /metrics HTTP/1.1\r\nHost: m\r\n\r\n",
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let head = read_response(&mut reader, true);
+    let get = read_response(&mut reader, false);
+    assert_eq!((head.status, get.status), (200, 200));
+    assert!(
+        get.text()
+            .contains("# TYPE wasmhttpd_open_connections gauge"),
+        "{}",
+        get.text()
+    );
+    assert!(head.header("content-length").is_some());
+}
