@@ -15,9 +15,7 @@ pub const DEFAULT_ROOT: &str = "www";
 /// cookie headers (nginx's `large_client_header_buffers` allows 8 KiB a
 /// line) while bounding what one connection can make the server buffer.
 pub const DEFAULT_MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most header fields in one request; httparse parses into a fixed array of
-/// this size. Real browsers send fewer than 30.
-pub const MAX_HEADERS: usize = 100;
+pub use wasmhttpd_h1::role::MAX_HEADERS;
 /// Largest request body the host buffers for a guest (8 MiB): enough for
 /// forms and uploads of documents, small enough that a few hundred
 /// concurrent uploads cannot exhaust memory.

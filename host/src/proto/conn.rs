@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
-use super::decode::ChunkedDecoder;
 use super::encode::Encoder;
 use super::error::Error;
-use super::role::{self, BodyKind, Framing, RequestHead};
+use super::reader::{ReadLimits, RequestReader};
+use super::role::{self, Framing, RequestHead};
 use super::websocket;
 use crate::server::Shared;
 use crate::wasm::guest::GuestResponse;
@@ -53,8 +53,8 @@ pub(crate) struct Conn {
     buf: BytesMut,
     pub(super) out: Vec<u8>,
     pub(super) shared: Arc<Shared>,
-    /// Names this server in URIs of HTTP/1.0 requests without `Host`.
-    authority: String,
+    /// Turns the bytes in `buf` into request heads and bodies.
+    reader: RequestReader,
     /// The client's address.
     peer: SocketAddr,
     /// Requests answered so far.
@@ -76,8 +76,14 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(READ_CHUNK),
             shutdown: shared.shutdown_signal(),
+            reader: RequestReader::new(
+                ReadLimits {
+                    max_head: shared.limits.max_head_bytes,
+                    max_body: shared.limits.max_body_bytes,
+                },
+                local.to_string(),
+            ),
             shared,
-            authority: local.to_string(),
             peer,
             served: 0,
         }
@@ -192,10 +198,7 @@ impl Conn {
                     started = true;
                     deadline = Instant::now() + limits.header_timeout;
                 }
-                let parsed =
-                    role::parse_request(&self.buf, limits.max_head_bytes, &self.authority)?;
-                if let Some((head, len)) = parsed {
-                    let _ = self.buf.split_to(len);
+                if let Some(head) = self.reader.head(&mut self.buf)? {
                     return Ok(Some(head));
                 }
             }
@@ -221,30 +224,20 @@ impl Conn {
     }
 
     /// Reads the request body per its framing, answering
-    /// `Expect: 100-continue` first.
+    /// `Expect: 100-continue` before waiting for it.
     async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, Error> {
-        let max = self.shared.limits.max_body_bytes;
-        match head.body {
-            BodyKind::Empty => Ok(Bytes::new()),
-            BodyKind::Length(n) if n > max => Err(Error::BodyTooLarge),
-            BodyKind::Length(n) => {
-                let n = n as usize;
-                self.continue_if_expected(head).await?;
-                while self.buf.len() < n {
-                    self.buf.reserve(n - self.buf.len());
-                    self.read_more().await?;
-                }
-                Ok(self.buf.split_to(n).freeze())
+        let mut asked = false;
+        loop {
+            if let Some(body) = self.reader.body(&mut self.buf)? {
+                return Ok(body);
             }
-            BodyKind::Chunked => {
+            if !asked {
                 self.continue_if_expected(head).await?;
-                let mut decoder = ChunkedDecoder::new(max, self.shared.limits.max_head_bytes);
-                while !decoder.decode(&mut self.buf)? {
-                    self.buf.reserve(READ_CHUNK);
-                    self.read_more().await?;
-                }
-                Ok(decoder.into_body())
+                asked = true;
             }
+            let wanted = self.reader.body_bytes_wanted(&self.buf);
+            self.buf.reserve(wanted.max(READ_CHUNK));
+            self.read_more().await?;
         }
     }
 

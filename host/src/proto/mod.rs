@@ -1,16 +1,18 @@
 //! The HTTP/1.1 front end, on httparse.
 //!
+//! What the bytes mean is decided in the `wasmhttpd-h1` crate, without
+//! I/O (and fuzzed there); this module re-exports it and adds the I/O:
+//!
+//! - [`reader`]: request heads and bodies out of a connection's bytes.
 //! - [`role`]: request heads in (with the strictness httparse leaves to
 //!   us), response heads out.
-//! - [`conn`]: the per-connection loop: keep-alive, pipelining, timeouts.
 //! - [`decode`]: request bodies (`chunked`).
 //! - [`encode`]: response bodies (length, chunked, close-delimited).
 //! - [`error`]: what can go wrong, and the status each kind is answered with.
+//! - [`conn`]: the per-connection loop: keep-alive, pipelining, timeouts.
 //! - `websocket`: upgrades to WebSocket and the sessions after them.
 
+pub use wasmhttpd_h1::{decode, encode, error, reader, role};
+
 pub(crate) mod conn;
-pub mod decode;
-pub mod encode;
-pub mod error;
-pub mod role;
 mod websocket;

@@ -1,7 +1,7 @@
 //! Response body encoding: `Content-Length`, chunked, or close-delimited,
 //! and the check that a body matches the length its head declared.
 
-use super::role::Framing;
+use crate::role::Framing;
 
 /// The body did not match its declared `Content-Length`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

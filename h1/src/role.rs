@@ -11,8 +11,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Method, StatusCode, Version};
 
-use super::error::Error;
-use crate::config::MAX_HEADERS;
+use crate::error::Error;
+
+/// Most header fields in one request; httparse parses into a fixed array of
+/// this size. Real browsers send fewer than 30.
+pub const MAX_HEADERS: usize = 100;
 
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,7 +282,7 @@ fn list_items(headers: &HeaderMap, name: HeaderName) -> Result<Vec<&str>, Error>
 }
 
 /// Whether a comma-separated field named `name` lists `token` (any case).
-pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
             .to_str()

@@ -7,7 +7,7 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::error::Error;
+use crate::error::Error;
 
 /// Longest chunk-size line (size and extensions). Real clients send a few
 /// hex digits; this bounds what a line can make the server buffer.
@@ -113,8 +113,13 @@ impl ChunkedDecoder {
     }
 
     /// The decoded body; call after [`decode`](Self::decode) returned `true`.
-    pub fn into_body(self) -> bytes::Bytes {
-        self.body.freeze()
+    pub fn into_body(mut self) -> bytes::Bytes {
+        self.take_body()
+    }
+
+    /// Takes the decoded body out, leaving the decoder empty.
+    pub fn take_body(&mut self) -> bytes::Bytes {
+        std::mem::take(&mut self.body).freeze()
     }
 }
 
