@@ -58,18 +58,22 @@ pub fn parse_request(
     max_head: usize,
     fallback_authority: &str,
 ) -> Result<Option<(RequestHead, usize)>, Error> {
+    // Only the first `max_head` bytes are looked at, so the answer does not
+    // depend on how much of what follows has arrived.
+    let buf = &buf[..buf.len().min(max_head)];
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
-        Ok(httparse::Status::Complete(_)) => return Err(too_large(buf, max_head)),
+        Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
-            return Err(too_large(buf, max_head));
+            return Err(too_large(buf));
         }
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::Version) if !looks_like_http_version(buf) => {
-            return Err(Error::BadRequest("malformed request line"));
-        }
+        Err(httparse::Error::Version) => match refused_version(buf) {
+            Some(err) => return Err(err),
+            None if buf.len() >= max_head => return Err(too_large(buf)),
+            None => return Ok(None),
+        },
         Err(err) => return Err(err.into()),
     };
     check_line_endings(&buf[..len])?;
@@ -124,24 +128,36 @@ pub fn parse_request(
 }
 
 /// Past the head limit: 414 if even the request line did not fit, else 431.
-fn too_large(buf: &[u8], max_head: usize) -> Error {
-    let line_ended = buf[..buf.len().min(max_head)].contains(&b'\n');
-    if line_ended {
+fn too_large(head: &[u8]) -> Error {
+    if head.contains(&b'\n') {
         Error::HeadersTooLarge
     } else {
         Error::UriTooLong
     }
 }
 
-/// Whether the request line's last word is shaped `HTTP/d.d`, so that a
-/// version httparse refuses is an unsupported version (505) rather than
-/// garbage (400).
-fn looks_like_http_version(buf: &[u8]) -> bool {
-    let line_end = buf.iter().position(|&b| b == b'\r' || b == b'\n');
-    let line = &buf[..line_end.unwrap_or(buf.len())];
-    let word = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    matches!(word, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
-        if major.is_ascii_digit() && minor.is_ascii_digit())
+/// What a version httparse refused is: one shaped `HTTP/d.d` is a version
+/// this server does not speak (505), anything else garbage (400). `None`
+/// while the bytes so far could still become `HTTP/d.d` and its CR: the
+/// answer waits for them rather than depend on where a read ended.
+fn refused_version(buf: &[u8]) -> Option<Error> {
+    const SHAPE: &[u8; 9] = b"HTTP/d.d\r";
+    // httparse refuses the version only after one space ends the method
+    // and another the target.
+    let mut spaces = buf.iter().enumerate().filter(|&(_, &b)| b == b' ');
+    let Some((at, _)) = spaces.nth(1) else {
+        return Some(Error::BadRequest("malformed request line"));
+    };
+    let version = &buf[at + 1..];
+    let fits = version.iter().zip(SHAPE).all(|(&byte, &shape)| match shape {
+        b'd' => byte.is_ascii_digit(),
+        _ => byte == shape,
+    });
+    match (fits, version.len() >= SHAPE.len()) {
+        (false, _) => Some(Error::BadRequest("malformed request line")),
+        (true, true) => Some(Error::Version),
+        (true, false) => None,
+    }
 }
 
 /// Every line must end in CRLF: a bare LF or CR is how requests are
@@ -529,5 +545,52 @@ mod tests {
             status(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
             431
         );
+    }
+
+    /// The answer for `raw` at every length it may have arrived with so
+    /// far: "more" until some prefix gets an answer, then that answer for
+    /// every longer prefix. Returns the answer for all of `raw`.
+    fn same_answer_for_every_prefix(raw: &[u8], max: usize) -> Result<usize, String> {
+        let answer = |bytes: &[u8]| match parse_request(bytes, max, "h:1") {
+            Ok(None) => None,
+            Ok(Some((_, len))) => Some(Ok(len)),
+            Err(err) => Some(Err(format!("{err:?}"))),
+        };
+        let whole = answer(raw).expect("an answer for the whole request");
+        let first = (1..=raw.len()).find(|&n| answer(&raw[..n]).is_some()).unwrap();
+        for n in first..=raw.len() {
+            assert_eq!(answer(&raw[..n]), Some(whole.clone()), "after {n} bytes of {raw:?}");
+        }
+        whole
+    }
+
+    #[test]
+    fn a_refused_version_gets_one_answer_however_the_line_arrives() {
+        // Found by the fuzz target: "HTTP/2" was garbage (400) until its
+        // ".0" arrived, then a version (505).
+        for (raw, expected) in [
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "Version"),
+            ("GET / HTTP/0.1\r\n\r\n", "Version"),
+            ("GET / HTTP/2.0x\r\n\r\n", "BadRequest(\"malformed request line\")"),
+            ("GET / HTTX/1.1\r\n\r\n", "BadRequest(\"malformed request line\")"),
+            // A later line shaped like a request line does not make the
+            // first one's version look valid.
+            (
+                "POST /echo HTTP/\x03 OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n",
+                "BadRequest(\"malformed request line\")",
+            ),
+        ] {
+            let answer = same_answer_for_every_prefix(raw.as_bytes(), MAX);
+            assert_eq!(answer, Err(expected.to_owned()), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn an_oversized_line_with_a_bad_version_is_414_however_it_arrives() {
+        // Found by the fuzz target: with the whole line in the buffer the
+        // version was refused (505), read in pieces the length was (414).
+        let raw = format!("GET /{} HTTP/0.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
+        let answer = same_answer_for_every_prefix(raw.as_bytes(), 4096);
+        assert_eq!(answer, Err("UriTooLong".to_owned()));
     }
 }
