@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{TestServer, demo_root, fault_guest, noise, plain_guest, test_limits};
+use support::{TestServer, demo_root, fault_guest, noise, plain_guest, read_head, test_limits};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
@@ -461,15 +461,6 @@ fn server_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
 
 // --- Streamed responses.
 
-/// Reads a response head; returns it as text.
-fn read_head(reader: &mut impl BufRead) -> String {
-    let mut head = String::new();
-    while !head.ends_with("\r\n\r\n") {
-        assert!(reader.read_line(&mut head).unwrap() > 0, "closed: {head}");
-    }
-    head
-}
-
 /// Reads one chunk of a chunked body.
 fn read_chunk(reader: &mut impl BufRead) -> Vec<u8> {
     let mut size = String::new();
@@ -506,17 +497,15 @@ fn each_chunk_reaches_the_client_before_the_guest_writes_the_next() {
     assert!(read_chunk(&mut reader).is_empty(), "the last chunk");
 }
 
-#[test]
-fn a_client_that_leaves_mid_stream_stops_the_guest() {
+/// Requests `target`, reads the head and the first chunk, then hangs up;
+/// the guest must be stopped well before its 30 s deadline.
+fn leave_after_the_first_chunk(target: &str) {
     let server = TestServer::faults(test_limits());
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
         .set_read_timeout(Some(support::CLIENT_TIMEOUT))
         .unwrap();
-    // A stream that would run for over an hour.
-    stream
-        .write_all(b"GET /stream?n=1000000&ms=5 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    write!(stream, "GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut reader = BufReader::new(stream);
     read_head(&mut reader);
     assert_eq!(read_chunk(&mut reader), b"chunk 0\n");
@@ -526,24 +515,16 @@ fn a_client_that_leaves_mid_stream_stops_the_guest() {
 }
 
 #[test]
+fn a_client_that_leaves_mid_stream_stops_the_guest() {
+    // A stream that would run for over an hour.
+    leave_after_the_first_chunk("/stream?n=1000000&ms=5");
+}
+
+#[test]
 fn a_client_that_leaves_a_silent_stream_stops_the_guest() {
-    // The guest sends a head and a first chunk, then waits for a gate file
-    // that never appears, writing nothing: a long poll with nothing to say.
-    let server = TestServer::faults(test_limits());
-    let mut stream = TcpStream::connect(server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
-        .unwrap();
-    stream
-        .write_all(b"GET /stream-gated?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut reader = BufReader::new(stream);
-    read_head(&mut reader);
-    assert_eq!(read_chunk(&mut reader), b"chunk 0\n");
-    assert_eq!(server.monitor.requests_running(), 1);
-    drop(reader);
-    // Well before the guest's 30 s deadline.
-    server.eventually("the guest is stopped", |m| m.requests_running() == 0);
+    // After its first chunk the guest waits for a gate file that never
+    // appears, writing nothing: a long poll with nothing to say.
+    leave_after_the_first_chunk("/stream-gated?n=2");
 }
 
 #[test]

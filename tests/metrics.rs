@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::{
-    TestServer, demo_root, exchange_at, fault_guest, plain_guest, read_response, test_limits,
+    TestServer, demo_root, exchange_at, fault_guest, plain_guest, read_head, read_response,
+    test_limits,
 };
 use wasmhttpd::{Config, GuestSource, Limits};
 
@@ -154,7 +155,7 @@ fn gauges_follow_connections_instances_and_sessions() {
         .write_all(b"GET /stream-gated?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut reader = BufReader::new(streaming);
-    let head = read_response_head(&mut reader);
+    let head = read_head(&mut reader);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     eventually_reads(&server, "wasmhttpd_open_connections", 2.0);
     eventually_reads(&server, "wasmhttpd_guest_instances", 1.0);
@@ -167,15 +168,6 @@ fn gauges_follow_connections_instances_and_sessions() {
     eventually_reads(&server, "wasmhttpd_websocket_sessions", 0.0);
     eventually_reads(&server, "wasmhttpd_guest_instances", 0.0);
     eventually_reads(&server, "wasmhttpd_open_connections", 0.0);
-}
-
-/// Reads a response head up to its blank line.
-fn read_response_head(reader: &mut impl std::io::BufRead) -> String {
-    let mut head = String::new();
-    while !head.ends_with("\r\n\r\n") {
-        assert!(reader.read_line(&mut head).unwrap() > 0, "{head}");
-    }
-    head
 }
 
 #[test]

@@ -261,6 +261,15 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
     response
 }
 
+/// Reads a response head up to and including its blank line.
+pub fn read_head(reader: &mut impl BufRead) -> String {
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "closed: {head}");
+    }
+    head
+}
+
 /// Sends `GET target` then `HEAD target`, each with `headers` (CRLF-ended
 /// lines), on one connection; asserts the HEAD response has the GET
 /// response's status and every one of its header fields but `Date`, and no

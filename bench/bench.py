@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: wasmhttpd against its peers, in one run, on one machine.
+
+Starts wasmhttpd (the default guest, a fresh instance per request), wasmhttpd
+with --reuse, `wasmtime serve` (the same guest, -S cli --dir), nginx (the same
+files, sendfile on) and, when it is installed, static-web-server; loads each
+with wrk; prints a Markdown table of requests/s, p50 and p99 latency and
+throughput, the ratio of wasmhttpd to each peer, and the resident memory of
+each server holding 10 000 idle keep-alive connections.
+
+    python3 bench/bench.py [--duration 10] [--connections 64] [--only CASE ...]
+
+Needs wrk and nginx (apt-get install wrk nginx-light) and the wasmtime CLI
+(cargo install wasmtime-cli --version 48.0.8 --locked); builds wasmhttpd and
+the guest in release mode first.
+"""
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_guest.wasm"
+WASMHTTPD = REPO / "target/release/wasmhttpd"
+# Requests a reused instance serves: enough that instantiation is rare.
+REUSE = 1000
+IDLE_CONNECTIONS = 10_000
+BIG_FILE = 1 << 20
+
+# name, path, wrk connections (None: the --connections default), extra wrk args
+CASES = [
+    ("small", "/index.html", None, []),
+    ("1mib", "/big.bin", 16, []),
+    ("404", "/missing.html", None, []),
+    ("new-conn", "/index.html", 16, ["-H", "Connection: close"]),
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, process, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"server exited with {process.returncode}: {process.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"server never listened on {port}: {process.args}")
+
+
+class Server:
+    def __init__(self, name, args, port, cwd=None):
+        self.name, self.port = name, port
+        self.log = tempfile.TemporaryFile()
+        # Error backtraces cost every server that honours RUST_BACKTRACE;
+        # request logs are off for all (nginx: access_log off).
+        env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LOG")}
+        env["RUST_LOG"] = "warn"
+        self.process = subprocess.Popen(
+            args, cwd=cwd, env=env, stdout=self.log, stderr=self.log, start_new_session=True
+        )
+        wait_for_port(port, self.process)
+        # Warm up: caches, the first compile, lazily built state.
+        for _ in range(20):
+            fetch(port, "/index.html")
+
+    def pids(self):
+        """The server's processes (nginx has a master and workers)."""
+        out = subprocess.run(
+            ["pgrep", "-g", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
+    def rss_mib(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+        return total / 1024
+
+    def stop(self):
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
+
+
+def fetch(port, path):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data
+
+
+def parse_duration(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+
+def parse_size(text):
+    value, unit = re.fullmatch(r"([\d.]+)([KMGT]?B)", text).groups()
+    return float(value) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[unit]
+
+
+def wrk(port, path, connections, duration, extra):
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
+            f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": parse_duration(latency["50"]),
+        "p99": parse_duration(latency["99"]),
+        "bytes": parse_size(re.search(r"Transfer/sec:\s+(\S+)", out).group(1)),
+        "non2xx": int(errors.group(1)) if errors else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def hold_idle(port, count):
+    """Opens `count` keep-alive connections, each with one answered request.
+    Returns them, and why it stopped short of `count` (or None)."""
+    sockets = []
+    request = b"GET /index.html HTTP/1.1\r\nHost: bench\r\n\r\n"
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sockets.append(s)
+            s.sendall(request)
+        for s in sockets:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise OSError("the server closed an idle connection")
+                head += chunk
+    except OSError as err:
+        return sockets, f"{err or type(err).__name__} after {len(sockets)} connections"
+    return sockets, None
+
+
+def nginx_config(root, port, workdir):
+    return f"""
+worker_processes auto;
+daemon off;
+user root;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log;
+events {{ worker_connections 20000; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 60s;
+    keepalive_requests 1000000;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+
+def build():
+    subprocess.run(["cargo", "build", "--release", "-p", "wasmhttpd"], cwd=REPO, check=True)
+    subprocess.run(
+        ["cargo", "build", "--release", "-p", "wasmhttpd-guest", "--target", "wasm32-wasip2"],
+        cwd=REPO, check=True,
+    )
+
+
+def start_servers(root, workdir, keep_alive_secs):
+    common = ["--root", str(root), "--no-watch", "--no-cache",
+              "--keep-alive-timeout", str(keep_alive_secs),
+              "--max-requests-per-connection", "1000000"]
+    servers = []
+    port = free_port()
+    servers.append(Server("wasmhttpd", [str(WASMHTTPD), "--listen", f"127.0.0.1:{port}", *common],
+                          port))
+    port = free_port()
+    servers.append(Server(f"wasmhttpd --reuse {REUSE}",
+                          [str(WASMHTTPD), "--listen", f"127.0.0.1:{port}", *common,
+                           "--reuse", str(REUSE)], port))
+    port = free_port()
+    servers.append(Server("wasmtime serve",
+                          ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
+                           "--addr", f"127.0.0.1:{port}", str(GUEST)], port))
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text(nginx_config(root, port, workdir))
+    servers.append(Server("nginx", ["nginx", "-c", str(conf)], port))
+    if shutil.which("static-web-server"):
+        port = free_port()
+        servers.append(Server("static-web-server",
+                              ["static-web-server", "--host", "127.0.0.1", "--port", str(port),
+                               "--root", str(root), "--log-level", "error",
+                               "--compression", "false"], port))
+    return servers
+
+
+def machine():
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return f"{os.cpu_count()} × {cpu}, {mem / (1 << 20):.0f} GiB, {os.uname().release}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--only", nargs="*", help="cases to run (small 1mib 404 new-conn idle)")
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    for tool in ["wrk", "nginx", "wasmtime"]:
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is not on PATH (see the top of {__file__})")
+    if not args.no_build:
+        build()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.chmod(tmp, 0o755)
+        root = tmp / "www"
+        shutil.copytree(REPO / "www", root)
+        (root / "big.bin").write_bytes(os.urandom(BIG_FILE))
+        servers = start_servers(root, tmp, keep_alive_secs=60)
+        try:
+            results = {}
+            for name, path, connections, extra in CASES:
+                if args.only and name not in args.only:
+                    continue
+                for server in servers:
+                    r = wrk(server.port, path, connections or args.connections,
+                            args.duration, extra)
+                    results[(name, server.name)] = r
+                    print(f"{name:9} {server.name:26} {r['rps']:10.0f} req/s  "
+                          f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
+                          f"{r['bytes'] / (1 << 20):8.1f} MiB/s  {r['socket_errors']}",
+                          file=sys.stderr, flush=True)
+            idle = {}
+            if not args.only or "idle" in args.only:
+                for server in servers:
+                    before = server.rss_mib()
+                    held, failed = hold_idle(server.port, IDLE_CONNECTIONS)
+                    time.sleep(1)
+                    idle[server.name] = (before, server.rss_mib(), failed)
+                    for s in held:
+                        s.close()
+                    print(f"idle      {server.name:26} {idle[server.name][1]:8.1f} MiB "
+                          f"(before: {before:.1f}) {failed or ''}", file=sys.stderr, flush=True)
+                    time.sleep(2)
+        finally:
+            for server in servers:
+                server.stop()
+    report(results, idle, servers, args)
+
+
+def report(results, idle, servers, args):
+    names = [s.name for s in servers]
+    ours = [n for n in names if n.startswith("wasmhttpd")]
+    peers = [n for n in names if not n.startswith("wasmhttpd")]
+    print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
+          f"{args.connections} connections unless the case says; all servers in one run.\n")
+    print("| case | server | req/s | p50 ms | p99 ms | MiB/s |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (case, server), r in results.items():
+        label = {"small": f"small file ({args.connections} conns, keep-alive)",
+                 "1mib": "1 MiB file (16 conns)", "404": f"404 ({args.connections} conns)",
+                 "new-conn": "new connection per request (16 conns)"}[case]
+        errors = f" ({r['non2xx']} non-2xx)" if r["non2xx"] and case != "404" else ""
+        print(f"| {label} | {server}{errors} | {r['rps']:.0f} | {r['p50']:.2f} | "
+              f"{r['p99']:.2f} | {r['bytes'] / (1 << 20):.1f} |")
+    if idle:
+        print("\n| 10 000 idle keep-alive connections | RSS before | RSS holding them |")
+        print("|---|---:|---:|")
+        for name, (before, holding, failed) in idle.items():
+            note = f" (failed: {failed})" if failed else ""
+            print(f"| {name} | {before:.1f} MiB | {holding:.1f} MiB{note} |")
+    print("\nRatios (wasmhttpd ÷ peer; for p99, peer ÷ wasmhttpd, so above 1 is better "
+          "for wasmhttpd everywhere):\n")
+    cases = sorted({case for case, _ in results}, key=[c[0] for c in CASES].index)
+    print("| case | ours | " + " | ".join(peers) + " |")
+    print("|---|---|" + "---:|" * len(peers))
+    for case in cases:
+        for mine in ours:
+            cells = []
+            for peer in peers:
+                a, b = results.get((case, mine)), results.get((case, peer))
+                if not a or not b:
+                    cells.append("–")
+                    continue
+                metric = "bytes" if case == "1mib" else "rps"
+                cells.append(f"{a[metric] / b[metric]:.2f}× {'B/s' if metric == 'bytes' else 'req/s'}, "
+                             f"p99 {b['p99'] / a['p99']:.2f}×")
+            print(f"| {case} | {mine} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
