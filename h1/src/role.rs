@@ -149,10 +149,13 @@ fn refused_version(buf: &[u8]) -> Option<Error> {
         return Some(Error::BadRequest("malformed request line"));
     };
     let version = &buf[at + 1..];
-    let fits = version.iter().zip(SHAPE).all(|(&byte, &shape)| match shape {
-        b'd' => byte.is_ascii_digit(),
-        _ => byte == shape,
-    });
+    let fits = version
+        .iter()
+        .zip(SHAPE)
+        .all(|(&byte, &shape)| match shape {
+            b'd' => byte.is_ascii_digit(),
+            _ => byte == shape,
+        });
     match (fits, version.len() >= SHAPE.len()) {
         (false, _) => Some(Error::BadRequest("malformed request line")),
         (true, true) => Some(Error::Version),
@@ -557,9 +560,15 @@ mod tests {
             Err(err) => Some(Err(format!("{err:?}"))),
         };
         let whole = answer(raw).expect("an answer for the whole request");
-        let first = (1..=raw.len()).find(|&n| answer(&raw[..n]).is_some()).unwrap();
+        let first = (1..=raw.len())
+            .find(|&n| answer(&raw[..n]).is_some())
+            .unwrap();
         for n in first..=raw.len() {
-            assert_eq!(answer(&raw[..n]), Some(whole.clone()), "after {n} bytes of {raw:?}");
+            assert_eq!(
+                answer(&raw[..n]),
+                Some(whole.clone()),
+                "after {n} bytes of {raw:?}"
+            );
         }
         whole
     }
@@ -571,8 +580,14 @@ mod tests {
         for (raw, expected) in [
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "Version"),
             ("GET / HTTP/0.1\r\n\r\n", "Version"),
-            ("GET / HTTP/2.0x\r\n\r\n", "BadRequest(\"malformed request line\")"),
-            ("GET / HTTX/1.1\r\n\r\n", "BadRequest(\"malformed request line\")"),
+            (
+                "GET / HTTP/2.0x\r\n\r\n",
+                "BadRequest(\"malformed request line\")",
+            ),
+            (
+                "GET / HTTX/1.1\r\n\r\n",
+                "BadRequest(\"malformed request line\")",
+            ),
             // A later line shaped like a request line does not make the
             // first one's version look valid.
             (
