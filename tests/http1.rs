@@ -437,6 +437,46 @@ fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
 }
 
 #[test]
+fn past_the_connection_cap_clients_wait_instead_of_being_refused() {
+    let server = TestServer::start(wasmhttpd::Config {
+        limits: Limits {
+            max_connections: 1,
+            keep_alive_timeout: Duration::from_secs(30),
+            ..test_limits()
+        },
+        ..wasmhttpd::Config::new(demo_root())
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut first = server.connect();
+    first.write_all(request).unwrap();
+    let mut first = BufReader::new(first);
+    assert_eq!(read_response(&mut first, false).status, 200);
+    // The second client is not refused: its connection waits in the
+    // kernel's backlog, unanswered while the first stays open.
+    let mut second = server.connect();
+    second.write_all(request).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0; 1];
+    let waiting = second.read(&mut byte).unwrap_err();
+    assert!(
+        matches!(
+            waiting.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waiting}"
+    );
+    assert_eq!(server.monitor.connections(), 1);
+    drop(first);
+    second
+        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+        .unwrap();
+    let response = read_response(&mut BufReader::new(second), false);
+    assert_eq!(response.status, 200, "served once the first client left");
+}
+
+#[test]
 fn an_idle_keep_alive_connection_is_closed() {
     let mut stream = timeouts_server().connect();
     stream

@@ -173,7 +173,7 @@ fn respond(request: &IncomingRequest, settings: &Settings) -> Reply {
             }
             None => not_found(&root),
         },
-        Some(DescriptorType::RegularFile) => match open_file(&root, &relative) {
+        Some(DescriptorType::RegularFile) => match open_regular(&root, &relative) {
             Some(file) => serve_file(request, settings, &root, file),
             None => not_found(&root),
         },
@@ -493,6 +493,12 @@ fn open_file(root: &Descriptor, relative: &str) -> Option<File> {
     if stat(root, relative)? != DescriptorType::RegularFile {
         return None;
     }
+    open_regular(root, relative)
+}
+
+/// Opens `relative`, just seen to be a regular file; the file opened must
+/// still be one.
+fn open_regular(root: &Descriptor, relative: &str) -> Option<File> {
     let descriptor = root
         .open_at(
             PathFlags::SYMLINK_FOLLOW,

@@ -169,6 +169,11 @@ impl Metrics {
         self.reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Client connections open now.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
     /// Counts an open connection until the guard is dropped.
     pub(crate) fn connection(self: &Arc<Self>) -> Open {
         Open::new(self, |metrics| &metrics.connections)

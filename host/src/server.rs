@@ -111,6 +111,11 @@ impl Monitor {
         self.shared.guests.requests_running() + own
     }
 
+    /// Client connections open now.
+    pub fn connections(&self) -> usize {
+        usize::try_from(self.shared.metrics.open_connections()).unwrap_or(0)
+    }
+
     /// WebSocket sessions open now.
     pub fn websocket_sessions(&self) -> usize {
         self.shared.guests.websocket_sessions()
