@@ -285,6 +285,24 @@ fn guest_output_is_logged_with_the_request_id() {
 }
 
 #[test]
+fn a_response_the_client_has_whole_is_logged_when_it_leaves_before_the_guest_ends() {
+    let server = start_fault_guest();
+    // The guest has written all of its 2-byte body but takes 300 ms to end
+    // it; the client reads the 2 bytes and closes at once.
+    let response = support::exchange_at(
+        server.addr,
+        b"GET /linger?ms=300 HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    assert_eq!(
+        (response.status, response.body.as_slice()),
+        (200, &b"ok"[..])
+    );
+    let access = server.wait_for_log("target=/linger");
+    assert!(access.contains("wasmhttpd::access"), "{access}");
+    assert!(access.contains("status=200"), "{access}");
+}
+
+#[test]
 fn runs_another_component_with_guest() {
     let server = start_fault_guest();
     let (status, _, body) = get(&client(), &server.url("/ok"));

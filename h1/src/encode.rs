@@ -76,11 +76,29 @@ impl Encoder {
     pub fn written(&self) -> u64 {
         self.written
     }
+
+    /// Whether every byte of a declared `Content-Length` has been accepted:
+    /// the client has the whole body once it is flushed.
+    pub fn is_full(&self) -> bool {
+        matches!(self.framing, Framing::Length(declared) if declared == self.written)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_length_body_is_full_once_every_declared_byte_is_in() {
+        let mut enc = Encoder::new(Framing::Length(4));
+        let mut out = Vec::new();
+        assert!(!enc.is_full());
+        enc.encode(b"abc", &mut out).unwrap();
+        assert!(!enc.is_full());
+        enc.encode(b"d", &mut out).unwrap();
+        assert!(enc.is_full());
+        assert!(!Encoder::new(Framing::Chunked).is_full());
+    }
 
     #[test]
     fn chunked_frames_each_piece_and_ends_with_a_zero_chunk() {

@@ -367,11 +367,17 @@ impl Conn {
                         std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
                     );
                     let cap = self.shared.limits.max_head_bytes;
-                    let next = tokio::select! {
-                        next = next => next,
-                        () = client_gone(&mut self.io, &mut self.buf, cap) => {
-                            // Dropping the body stops the guest.
-                            return Err(std::io::ErrorKind::ConnectionAborted.into());
+                    let next = if encoder.is_full() {
+                        // The client has the whole body and may well close
+                        // now; the guest only has to end it.
+                        next.await
+                    } else {
+                        tokio::select! {
+                            next = next => next,
+                            () = client_gone(&mut self.io, &mut self.buf, cap) => {
+                                // Dropping the body stops the guest.
+                                return Err(std::io::ErrorKind::ConnectionAborted.into());
+                            }
                         }
                     };
                     match next {

@@ -21,6 +21,7 @@
 //! |                     | answers `ok` with the number refused in `x-refused`        |
 //! | `/print`            | writes lines to stdout and stderr, then answers `ok`       |
 //! | `/alloc-mib?n=N`    | allocates N MiB, then answers 200 with the byte count      |
+//! | `/linger?ms=D`      | writes all of a 2-byte body, waits D ms, then ends it      |
 //! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
 //! |                     | appears in the root, for i < N                             |
@@ -150,6 +151,14 @@ impl Guest for Component {
             "/alloc-mib" => {
                 let block = vec![1_u8; (param(query, "n", 1) as usize) << 20];
                 respond(outparam, 200, &[], block.len().to_string().as_bytes());
+            }
+            "/linger" => {
+                let body = send_head(outparam, 200, &[("content-length", b"2")]);
+                let stream = body.write().unwrap();
+                stream.blocking_write_and_flush(b"ok").unwrap();
+                monotonic_clock::subscribe_duration(param(query, "ms", 500) * 1_000_000).block();
+                drop(stream);
+                OutgoingBody::finish(body, None).unwrap();
             }
             "/count" => {
                 let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
