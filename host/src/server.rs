@@ -19,7 +19,7 @@ use crate::proto::conn::Conn;
 use crate::routes::Routes;
 use crate::wasm::cache::{CompiledCache, Digest};
 use crate::wasm::engine::new_engine;
-use crate::wasm::guest::{AbortOnDrop, GuestContext, LoadError};
+use crate::wasm::guest::{GuestContext, LoadError};
 use crate::wasm::reload::{self, GuestSlot, Watching};
 
 /// Pending connections the kernel queues while all are busy.
@@ -306,5 +306,14 @@ impl Server {
                 .instrument(info_span!("conn", %peer)),
             );
         }
+    }
+}
+
+/// Aborts a task when dropped: a server's background work when it stops.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

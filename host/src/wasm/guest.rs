@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -300,7 +299,7 @@ impl Guest {
                 .map_err(|_| GuestError::Timeout)??;
             return Ok(response.map(|body| GuestBody {
                 body,
-                _task: None,
+                run: None,
                 _permit: Some(permit),
             }));
         }
@@ -321,7 +320,10 @@ impl Guest {
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
         let pre = self.pre.clone();
         let fault = fault.clone();
-        let mut task = AbortOnDrop(tokio::spawn(async move {
+        // The instance runs inside the connection's task, polled with the
+        // response's body: no task of its own, and no wake-up across
+        // threads for each piece of the body.
+        let mut run: RunningGuest = Box::pin(async move {
             let _permit = permit;
             let result = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
@@ -336,26 +338,52 @@ impl Guest {
                 fault.report_trap(err);
             }
             result
-        }));
+        });
 
-        match tokio::time::timeout_at(deadline, receiver).await {
-            Ok(Ok(Ok(response))) => {
+        let mut receiver = receiver;
+        let first = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                biased;
+                head = &mut receiver => Ok(head),
+                done = &mut run => Err(done),
+            }
+        })
+        .await
+        .map_err(|_| GuestError::Timeout)?;
+        let (head, run) = match first {
+            Ok(head) => (head, Some(run)),
+            // The guest returned (or trapped); it may have set its response
+            // first.
+            Err(done) => match receiver.try_recv() {
+                Ok(head) => (Ok(head), None),
+                Err(_) => {
+                    return Err(match done {
+                        Ok(()) => GuestError::NoResponse,
+                        Err(err) => classify(err),
+                    });
+                }
+            },
+        };
+        match head {
+            Ok(Ok(response)) => {
                 head_sent.store(true, Ordering::Relaxed);
                 Ok(response.map(|body| GuestBody {
                     body,
-                    _task: Some(task),
+                    run,
                     _permit: None,
                 }))
             }
-            Ok(Ok(Err(code))) => Err(GuestError::ErrorCode(code)),
-            // The outparam was dropped unset: the guest returned or trapped.
-            Ok(Err(_)) => match tokio::time::timeout_at(deadline, &mut task.0).await {
-                Err(_) => Err(GuestError::Timeout),
-                Ok(Ok(Ok(()))) => Err(GuestError::NoResponse),
-                Ok(Ok(Err(err))) => Err(classify(err)),
-                Ok(Err(join)) => Err(GuestError::Trap(wasmtime::Error::new(join))),
-            },
-            Err(_) => Err(GuestError::Timeout),
+            Ok(Err(code)) => Err(GuestError::ErrorCode(code)),
+            // The outparam was dropped unset: the guest is returning or
+            // trapping.
+            Err(_) => {
+                let run = run.expect("the guest is still running");
+                match tokio::time::timeout_at(deadline, run).await {
+                    Err(_) => Err(GuestError::Timeout),
+                    Ok(Ok(())) => Err(GuestError::NoResponse),
+                    Ok(Err(err)) => Err(classify(err)),
+                }
+            }
         }
     }
 }
@@ -438,22 +466,16 @@ impl FaultOnce {
     }
 }
 
-/// Aborts a task when dropped: a guest's task once the host is done with
-/// its response, so a guest that keeps running after its body was
-/// abandoned is stopped; a server's background work when it stops.
-pub(crate) struct AbortOnDrop<T = wasmtime::Result<()>>(pub(crate) JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+/// A fresh instance handling one request, until its call returns.
+type RunningGuest = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
 
 /// The body of a guest response; dropping it stops the guest.
 pub struct GuestBody {
     body: HyperOutgoingBody,
-    /// A fresh instance's task, stopped with the body.
-    _task: Option<AbortOnDrop>,
+    /// A fresh instance still running, polled with the body; `None` once
+    /// it has returned, and for a reused instance (which runs in the
+    /// dispatcher's worker).
+    run: Option<RunningGuest>,
     /// The instance admission a reused instance's request holds until its
     /// body is done.
     _permit: Option<OwnedSemaphorePermit>,
@@ -467,6 +489,13 @@ impl Body for GuestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // The guest writes the body as it runs; a fault it ends with was
+        // reported by the run itself, and shows here as a body cut short.
+        if let Some(run) = &mut self.run
+            && run.as_mut().poll(cx).is_ready()
+        {
+            self.run = None;
+        }
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
