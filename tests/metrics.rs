@@ -141,6 +141,34 @@ fn counters_move_as_requests_are_made() {
 }
 
 #[test]
+fn a_reused_instance_counts_each_trap_once_before_or_after_the_head() {
+    let server = TestServer::faults(Limits {
+        reuse: 100,
+        ..test_limits()
+    });
+    let before = scrape(&server);
+    assert_eq!(get(&server, "/ok"), 200);
+    // Seen by the request (500) and by the instance's end: counted once.
+    assert_eq!(get(&server, "/trap"), 500);
+    // Seen only by the instance's end.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /trap-after-head HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let traps = value(&before, "wasmhttpd_guest_traps_total");
+    eventually_reads(&server, "wasmhttpd_guest_traps_total", traps + 2.0);
+    // Later requests on new instances count nothing more.
+    assert_eq!(get(&server, "/ok"), 200);
+    assert_eq!(
+        value(&scrape(&server), "wasmhttpd_guest_traps_total"),
+        traps + 2.0
+    );
+}
+
+#[test]
 fn gauges_follow_connections_instances_and_sessions() {
     let server = TestServer::faults(test_limits());
     eventually_reads(&server, "wasmhttpd_open_connections", 0.0);

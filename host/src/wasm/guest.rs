@@ -294,7 +294,7 @@ impl Guest {
             .expect("the instance semaphore is never closed");
         let deadline = Instant::now() + self.ctx.timeout;
         if let Some(reuse) = &self.reuse {
-            let response = tokio::time::timeout_at(deadline, reuse.handle(request, id))
+            let response = tokio::time::timeout_at(deadline, reuse.handle(request, id, fault))
                 .await
                 .map_err(|_| GuestError::Timeout)??;
             return Ok(response.map(|body| GuestBody {
@@ -310,7 +310,7 @@ impl Guest {
             .new_store(deadline, head_sent.clone(), id)
             .map_err(GuestError::Setup)?;
 
-        let (sender, receiver) = oneshot::channel();
+        let (sender, mut receiver) = oneshot::channel();
         let setup = |store: &mut Store<GuestState>| {
             let mut http = store.data_mut().http();
             let request = http.new_incoming_request(Scheme::Http, request)?;
@@ -340,7 +340,6 @@ impl Guest {
             result
         });
 
-        let mut receiver = receiver;
         let first = tokio::time::timeout_at(deadline, async {
             tokio::select! {
                 biased;
@@ -455,7 +454,7 @@ impl FaultOnce {
     }
 
     /// Counts an error the guest's own call ended with.
-    fn report_trap(&self, err: &wasmtime::Error) {
+    pub(super) fn report_trap(&self, err: &wasmtime::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
             if is_interrupt(err) {
                 self.metrics.guest_timed_out();
@@ -524,6 +523,9 @@ pub(crate) struct GuestState {
     /// The id of the request (or WebSocket session) the instance serves,
     /// which its output is logged with.
     pub(crate) request: Arc<AtomicU64>,
+    /// The fault count of the request a reused instance serves, for a
+    /// trap that ends the instance after the response head was sent.
+    pub(super) fault: Option<FaultOnce>,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
@@ -556,6 +558,7 @@ impl GuestState {
             lifted,
             limits: StoreLimits::default(),
             request,
+            fault: None,
             _live: live,
         })
     }

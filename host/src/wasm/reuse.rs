@@ -25,7 +25,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::guest::{GuestContext, GuestError, GuestState, classify};
+use super::guest::{FaultOnce, GuestContext, GuestError, GuestState, classify};
 
 /// How long an idle instance is kept for the next request before it is
 /// dropped and its pool slot freed.
@@ -50,9 +50,10 @@ impl Reuse {
         &self,
         request: http::Request<Full<Bytes>>,
         id: u64,
+        fault: &FaultOnce,
     ) -> Result<handler::Response, GuestError> {
         let request = request.map(|body| body.map_err(|never| match never {}).boxed_unsync());
-        match self.handler.handle(id, request).await {
+        match self.handler.handle((id, fault.clone()), request).await {
             Ok(response) => Ok(response),
             Err(err) if err.is::<ExpirationError>() => Err(GuestError::Timeout),
             Err(err) if err.is::<InstantiationError<u64>>() => Err(GuestError::Setup(err)),
@@ -139,8 +140,9 @@ struct Worker {
 
 impl WorkerState for Worker {
     type StoreData = GuestState;
-    /// The request's id, which the instance's output is logged with.
-    type RequestData = u64;
+    /// The request's id, which the instance's output is logged with, and
+    /// its fault count.
+    type RequestData = (u64, FaultOnce);
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse {
@@ -154,17 +156,28 @@ impl WorkerState for Worker {
 
     fn on_request_start(
         &self,
-        store: StoreContextMut<'_, GuestState>,
-        id: u64,
+        mut store: StoreContextMut<'_, GuestState>,
+        (id, fault): (u64, FaultOnce),
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
-        store.data().request.store(id, Ordering::Relaxed);
+        let state = store.data_mut();
+        state.request.store(id, Ordering::Relaxed);
+        state.fault = Some(fault);
         Box::pin(tokio::time::sleep(self.timeout))
     }
 
     fn drop(&self, store: wasmtime::Store<GuestState>, result: wasmtime::Result<()>) {
         if let Err(err) = result {
             tracing::debug!(cause = %err, "reused instance ended with an error");
+            // A trap ends the instance during its last request: counted for
+            // that request, once, whether the request saw it (before its
+            // head) or not (after). The dispatcher's own errors (a deadline,
+            // a host panic) are not the guest's traps.
+            if err.downcast_ref::<wasmtime::Trap>().is_some()
+                && let Some(fault) = &store.data().fault
+            {
+                fault.report_trap(&err);
+            }
         }
         drop(store);
     }
