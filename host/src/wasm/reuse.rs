@@ -56,7 +56,7 @@ impl Reuse {
         match self.handler.handle((id, fault.clone()), request).await {
             Ok(response) => Ok(response),
             Err(err) if err.is::<ExpirationError>() => Err(GuestError::Timeout),
-            Err(err) if err.is::<InstantiationError<u64>>() => Err(GuestError::Setup(err)),
+            Err(err) if err.is::<InstantiationError<RequestData>>() => Err(GuestError::Setup(err)),
             Err(err) => Err(classify(err)),
         }
     }
@@ -132,6 +132,10 @@ impl WorkerExpiration for Expiration {
     }
 }
 
+/// What travels with a request to its worker: the request's id, which the
+/// instance's output is logged with, and its fault count.
+type RequestData = (u64, FaultOnce);
+
 /// A worker: one request at a time, `reuse` in all.
 struct Worker {
     reuse: usize,
@@ -140,9 +144,7 @@ struct Worker {
 
 impl WorkerState for Worker {
     type StoreData = GuestState;
-    /// The request's id, which the instance's output is logged with, and
-    /// its fault count.
-    type RequestData = (u64, FaultOnce);
+    type RequestData = RequestData;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.reuse {
@@ -157,7 +159,7 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         mut store: StoreContextMut<'_, GuestState>,
-        (id, fault): (u64, FaultOnce),
+        (id, fault): RequestData,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + 'static + Send + Sync>> {
         let state = store.data_mut();
