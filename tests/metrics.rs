@@ -42,6 +42,18 @@ fn get(server: &TestServer, path: &str) -> u16 {
     exchange_at(server.addr, request.as_bytes()).status
 }
 
+/// Asks for `/trap-after-head`: the head arrives, then the connection
+/// closes with the body cut short.
+fn trap_after_head(server: &TestServer) {
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /trap-after-head HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
+    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+}
+
 /// Waits until the sample `name` reads `expected`.
 fn eventually_reads(server: &TestServer, name: &str, expected: f64) {
     let deadline = std::time::Instant::now() + support::CLIENT_TIMEOUT;
@@ -91,13 +103,7 @@ fn counters_move_as_requests_are_made() {
     );
     assert_eq!(refused.status, 400);
     // A trap after the head was sent has no status to show for it.
-    let mut stream = server.connect();
-    stream
-        .write_all(b"GET /trap-after-head HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
-    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    trap_after_head(&server);
 
     // Counted once the access log line is written: poll for the last one.
     let traps = value(&before, "wasmhttpd_guest_traps_total");
@@ -151,13 +157,7 @@ fn a_reused_instance_counts_each_trap_once_before_or_after_the_head() {
     // Seen by the request (500) and by the instance's end: counted once.
     assert_eq!(get(&server, "/trap"), 500);
     // Seen only by the instance's end.
-    let mut stream = server.connect();
-    stream
-        .write_all(b"GET /trap-after-head HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut raw = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut stream, &mut raw);
-    assert!(raw.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    trap_after_head(&server);
     let traps = value(&before, "wasmhttpd_guest_traps_total");
     eventually_reads(&server, "wasmhttpd_guest_traps_total", traps + 2.0);
     // Later requests on new instances count nothing more.

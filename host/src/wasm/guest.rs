@@ -350,21 +350,24 @@ impl Guest {
         .await
         .map_err(|_| GuestError::Timeout)?;
         let (head, run) = match first {
-            Ok(head) => (head, Some(run)),
+            Ok(Ok(head)) => (head, Some(run)),
+            // The outparam was dropped unset: the guest is returning or
+            // trapping.
+            Ok(Err(_)) => {
+                let done = tokio::time::timeout_at(deadline, run)
+                    .await
+                    .map_err(|_| GuestError::Timeout)?;
+                return Err(unanswered(done));
+            }
             // The guest returned (or trapped); it may have set its response
             // first.
             Err(done) => match receiver.try_recv() {
-                Ok(head) => (Ok(head), None),
-                Err(_) => {
-                    return Err(match done {
-                        Ok(()) => GuestError::NoResponse,
-                        Err(err) => classify(err),
-                    });
-                }
+                Ok(head) => (head, None),
+                Err(_) => return Err(unanswered(done)),
             },
         };
         match head {
-            Ok(Ok(response)) => {
+            Ok(response) => {
                 head_sent.store(true, Ordering::Relaxed);
                 Ok(response.map(|body| GuestBody {
                     body,
@@ -372,18 +375,16 @@ impl Guest {
                     _permit: None,
                 }))
             }
-            Ok(Err(code)) => Err(GuestError::ErrorCode(code)),
-            // The outparam was dropped unset: the guest is returning or
-            // trapping.
-            Err(_) => {
-                let run = run.expect("the guest is still running");
-                match tokio::time::timeout_at(deadline, run).await {
-                    Err(_) => Err(GuestError::Timeout),
-                    Ok(Ok(())) => Err(GuestError::NoResponse),
-                    Ok(Err(err)) => Err(classify(err)),
-                }
-            }
+            Err(code) => Err(GuestError::ErrorCode(code)),
         }
+    }
+}
+
+/// Why a guest whose call ended with `done` left its request unanswered.
+fn unanswered(done: wasmtime::Result<()>) -> GuestError {
+    match done {
+        Ok(()) => GuestError::NoResponse,
+        Err(err) => classify(err),
     }
 }
 
