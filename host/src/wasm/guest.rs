@@ -294,9 +294,15 @@ impl Guest {
             .expect("the instance semaphore is never closed");
         let deadline = Instant::now() + self.ctx.timeout;
         if let Some(reuse) = &self.reuse {
-            let response = tokio::time::timeout_at(deadline, reuse.handle(request, id, fault))
-                .await
-                .map_err(|_| GuestError::Timeout)??;
+            let response =
+                match tokio::time::timeout_at(deadline, reuse.handle(request, id, fault)).await {
+                    Ok(Ok(response)) => response,
+                    // The dispatcher ends an instance at the same deadline, and
+                    // the request may hear of that first, as a lost instance.
+                    Ok(Err(_)) if Instant::now() >= deadline => return Err(GuestError::Timeout),
+                    Ok(Err(err)) => return Err(err),
+                    Err(_) => return Err(GuestError::Timeout),
+                };
             return Ok(response.map(|body| GuestBody {
                 body,
                 run: None,
