@@ -79,7 +79,8 @@ mod export {
 
 impl Guest for Component {
     fn handle(request: IncomingRequest, outparam: ResponseOutparam) {
-        let head_only = matches!(request.method(), Method::Head);
+        let request = Request::read(request);
+        let head_only = matches!(request.method, Method::Head);
         let reply = match Settings::from_env(environment::get_environment()) {
             Ok(settings) => respond(&request, &settings),
             Err(err) => {
@@ -87,8 +88,42 @@ impl Guest for Component {
                 error_reply(500, "Internal Server Error", "The server is misconfigured.")
             }
         };
-        drop(request);
         reply.send(outparam, head_only);
+    }
+}
+
+/// What the guest uses of a request, read from the host once: each call
+/// across the component boundary costs more than a lookup here.
+struct Request {
+    method: Method,
+    /// The path and query; `/` when the request had none.
+    target: String,
+    /// The header field lines.
+    fields: Vec<(String, Vec<u8>)>,
+}
+
+impl Request {
+    fn read(request: IncomingRequest) -> Request {
+        Request {
+            method: request.method(),
+            target: request.path_with_query().unwrap_or_else(|| "/".to_owned()),
+            fields: request.headers().entries(),
+        }
+    }
+
+    /// All field lines named `name`, joined with commas.
+    fn header(&self, name: &str) -> Option<String> {
+        let mut values = self
+            .fields
+            .iter()
+            .filter(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| String::from_utf8_lossy(value));
+        let first = values.next()?.into_owned();
+        Some(values.fold(first, |mut joined, value| {
+            joined.push_str(", ");
+            joined.push_str(&value);
+            joined
+        }))
     }
 }
 
@@ -136,8 +171,8 @@ enum Representation {
     OnTheFly(Coding),
 }
 
-fn respond(request: &IncomingRequest, settings: &Settings) -> Reply {
-    if !matches!(request.method(), Method::Get | Method::Head) {
+fn respond(request: &Request, settings: &Settings) -> Reply {
+    if !matches!(request.method, Method::Get | Method::Head) {
         let mut reply = error_reply(405, "Method Not Allowed", "This resource can only be read.");
         reply.headers.push(("allow", "GET, HEAD".to_owned()));
         return reply;
@@ -145,8 +180,8 @@ fn respond(request: &IncomingRequest, settings: &Settings) -> Reply {
     let Some(root) = web_root() else {
         return error_reply(500, "Internal Server Error", "No web root is mounted.");
     };
-    let target = request.path_with_query().unwrap_or_else(|| "/".to_owned());
-    let resolved = match path::resolve(&target) {
+    let target = &request.target;
+    let resolved = match path::resolve(target) {
         Ok(resolved) => resolved,
         Err(err) => return error_reply(400, "Bad Request", &err.to_string()),
     };
@@ -190,7 +225,7 @@ fn hidden(name: &str) -> bool {
 /// Answers a GET or HEAD for `file`: negotiates the coding, evaluates the
 /// preconditions against the chosen representation, then applies `Range`.
 fn serve_file(
-    request: &IncomingRequest,
+    request: &Request,
     settings: &Settings,
     root: &Descriptor,
     file: File,
@@ -287,17 +322,17 @@ fn serve_file(
 /// file) first, then
 /// compression on the fly (brotli before gzip in each), else the file as it is.
 fn negotiate(
-    request: &IncomingRequest,
+    request: &Request,
     settings: &Settings,
     root: &Descriptor,
     file: &File,
     content_type: &str,
 ) -> Representation {
     // A range is always a range of the file as it is, never of an encoding.
-    if header(request, "range").is_some() {
+    if request.header("range").is_some() {
         return Representation::Identity;
     }
-    let accept = AcceptEncoding::parse(header(request, "accept-encoding").as_deref());
+    let accept = AcceptEncoding::parse(request.header("accept-encoding").as_deref());
     let mut offered = Vec::new();
     let mut siblings = Vec::new();
     if settings.precompressed {
@@ -345,14 +380,14 @@ fn compress_whole(file: &Descriptor, coding: Coding) -> std::io::Result<Vec<u8>>
 /// Answers with the whole file, or the part its `Range` asks for (when its
 /// `If-Range`, if any, still matches the file).
 fn with_range(
-    request: &IncomingRequest,
+    request: &Request,
     file: File,
     mut headers: Vec<(&'static str, String)>,
 ) -> Reply {
     headers.push(("accept-ranges", "bytes".to_owned()));
     let applies =
-        header(request, "if-range").is_none_or(|tag| file.validators.matches_if_range(&tag));
-    let ranged = match header(request, "range") {
+        request.header("if-range").is_none_or(|tag| file.validators.matches_if_range(&tag));
+    let ranged = match request.header("range") {
         Some(value) if applies => range::evaluate(&value, file.size),
         _ => range::Ranged::Full,
     };
@@ -443,21 +478,9 @@ fn list_directory(
     })
 }
 
-/// All field lines named `name`, joined with commas.
-fn header(request: &IncomingRequest, name: &str) -> Option<String> {
-    let values = request.headers().get(name);
-    (!values.is_empty()).then(|| {
-        values
-            .iter()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    })
-}
-
 /// The request's conditional headers.
-fn conditions(request: &IncomingRequest) -> Conditions {
-    let field = |name: &str| header(request, name);
+fn conditions(request: &Request) -> Conditions {
+    let field = |name: &str| request.header(name);
     Conditions {
         if_match: field("if-match"),
         if_none_match: field("if-none-match"),
