@@ -8,7 +8,7 @@ with wrk; prints a Markdown table of requests/s, p50 and p99 latency and
 throughput, the ratio of wasmhttpd to each peer, and the resident memory of
 each server holding 10 000 idle keep-alive connections.
 
-    python3 bench/bench.py [--duration 10] [--connections 64] [--only CASE ...]
+    python3 bench/bench.py [--duration 10] [--rounds 3] [--connections 64] [--only CASE ...]
 
 Needs wrk and nginx (apt-get install wrk nginx-light) and the wasmtime CLI
 (cargo install wasmtime-cli --version 48.0.8 --locked); builds wasmhttpd and
@@ -239,6 +239,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each case per server, interleaved; the median counts")
     parser.add_argument("--only", nargs="*", help="cases to run (small 1mib 404 new-conn idle)")
     parser.add_argument("--no-build", action="store_true")
     args = parser.parse_args()
@@ -262,14 +264,24 @@ def main():
             for name, path, connections, extra in CASES:
                 if args.only and name not in args.only:
                     continue
+                # Rounds interleave the servers, each round starting with
+                # the next one, so that a noisy minute on a shared machine
+                # lands on every server rather than on one.
+                runs = {server.name: [] for server in servers}
+                for round_ in range(args.rounds):
+                    for server in servers[round_:] + servers[:round_]:
+                        r = wrk(server.port, path, connections or args.connections,
+                                args.duration, extra)
+                        runs[server.name].append(r)
+                        print(f"{name:9} {server.name:26} {r['rps']:10.0f} req/s  "
+                              f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
+                              f"{r['bytes'] / (1 << 20):8.1f} MiB/s  {r['socket_errors']}",
+                              file=sys.stderr, flush=True)
                 for server in servers:
-                    r = wrk(server.port, path, connections or args.connections,
-                            args.duration, extra)
-                    results[(name, server.name)] = r
-                    print(f"{name:9} {server.name:26} {r['rps']:10.0f} req/s  "
-                          f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
-                          f"{r['bytes'] / (1 << 20):8.1f} MiB/s  {r['socket_errors']}",
-                          file=sys.stderr, flush=True)
+                    # The run with the median throughput, whole, so that its
+                    # latencies are the ones measured with that throughput.
+                    ranked = sorted(runs[server.name], key=lambda r: r["rps"])
+                    results[(name, server.name)] = ranked[len(ranked) // 2]
             idle = {}
             if not args.only or "idle" in args.only:
                 for server in servers:
@@ -293,7 +305,8 @@ def report(results, idle, servers, args):
     ours = [n for n in names if n.startswith("wasmhttpd")]
     peers = [n for n in names if not n.startswith("wasmhttpd")]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
-          f"{args.connections} connections unless the case says; all servers in one run.\n")
+          f"{args.connections} connections unless the case says; all servers in one run; "
+          f"each figure is the median of {args.rounds} interleaved runs.\n")
     print("| case | server | req/s | p50 ms | p99 ms | MiB/s |")
     print("|---|---|---:|---:|---:|---:|")
     for (case, server), r in results.items():
