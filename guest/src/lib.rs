@@ -224,12 +224,7 @@ fn hidden(name: &str) -> bool {
 
 /// Answers a GET or HEAD for `file`: negotiates the coding, evaluates the
 /// preconditions against the chosen representation, then applies `Range`.
-fn serve_file(
-    request: &Request,
-    settings: &Settings,
-    root: &Descriptor,
-    file: File,
-) -> Reply {
+fn serve_file(request: &Request, settings: &Settings, root: &Descriptor, file: File) -> Reply {
     let content_type = content_type(&file.path);
     // Headers every response for this file carries, 304 included.
     let mut shared = Vec::new();
@@ -379,14 +374,11 @@ fn compress_whole(file: &Descriptor, coding: Coding) -> std::io::Result<Vec<u8>>
 
 /// Answers with the whole file, or the part its `Range` asks for (when its
 /// `If-Range`, if any, still matches the file).
-fn with_range(
-    request: &Request,
-    file: File,
-    mut headers: Vec<(&'static str, String)>,
-) -> Reply {
+fn with_range(request: &Request, file: File, mut headers: Vec<(&'static str, String)>) -> Reply {
     headers.push(("accept-ranges", "bytes".to_owned()));
-    let applies =
-        request.header("if-range").is_none_or(|tag| file.validators.matches_if_range(&tag));
+    let applies = request
+        .header("if-range")
+        .is_none_or(|tag| file.validators.matches_if_range(&tag));
     let ranged = match request.header("range") {
         Some(value) if applies => range::evaluate(&value, file.size),
         _ => range::Ranged::Full,
