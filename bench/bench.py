@@ -5,8 +5,9 @@ Starts wasmhttpd (the default guest, a fresh instance per request), wasmhttpd
 with --reuse, `wasmtime serve` (the same guest, -S cli --dir), nginx (the same
 files, sendfile on) and, when it is installed, static-web-server; loads each
 with wrk; prints a Markdown table of requests/s, p50 and p99 latency and
-throughput, the ratio of wasmhttpd to each peer, and the resident memory of
-each server holding 10 000 idle keep-alive connections.
+throughput, the server's CPU time per request, the ratio of wasmhttpd to each
+peer, the resident memory of each server holding 10 000 idle keep-alive
+connections, and how the figures stand against the project's targets.
 
     python3 bench/bench.py [--duration 10] [--rounds 3] [--connections 64] [--only CASE ...]
 
@@ -87,6 +88,20 @@ class Server:
         ).stdout
         return [int(pid) for pid in out.split()]
 
+    def cpu_seconds(self):
+        """User and system CPU time of the server's processes so far."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except FileNotFoundError:
+                continue
+            # Fields after the command name, which may hold spaces: utime
+            # and stime are the 12th and 13th.
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def rss_mib(self):
         total = 0
         for pid in self.pids():
@@ -132,6 +147,7 @@ def wrk(port, path, connections, duration, extra):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": parse_duration(latency["50"]),
         "p99": parse_duration(latency["99"]),
@@ -270,12 +286,17 @@ def main():
                 runs = {server.name: [] for server in servers}
                 for round_ in range(args.rounds):
                     for server in servers[round_:] + servers[:round_]:
+                        cpu = server.cpu_seconds()
                         r = wrk(server.port, path, connections or args.connections,
                                 args.duration, extra)
+                        # Server CPU per request: steadier than req/s on a
+                        # shared machine, and free of wrk's own share.
+                        r["cpu_us"] = (server.cpu_seconds() - cpu) / max(r["requests"], 1) * 1e6
                         runs[server.name].append(r)
                         print(f"{name:9} {server.name:26} {r['rps']:10.0f} req/s  "
                               f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
-                              f"{r['bytes'] / (1 << 20):8.1f} MiB/s  {r['socket_errors']}",
+                              f"{r['bytes'] / (1 << 20):8.1f} MiB/s  "
+                              f"{r['cpu_us']:7.1f} µs CPU/req  {r['socket_errors']}",
                               file=sys.stderr, flush=True)
                 for server in servers:
                     # The run with the median throughput, whole, so that its
@@ -307,15 +328,15 @@ def report(results, idle, servers, args):
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
           f"{args.connections} connections unless the case says; all servers in one run; "
           f"each figure is the median of {args.rounds} interleaved runs.\n")
-    print("| case | server | req/s | p50 ms | p99 ms | MiB/s |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| case | server | req/s | p50 ms | p99 ms | MiB/s | server CPU µs/req |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for (case, server), r in results.items():
         label = {"small": f"small file ({args.connections} conns, keep-alive)",
                  "1mib": "1 MiB file (16 conns)", "404": f"404 ({args.connections} conns)",
                  "new-conn": "new connection per request (16 conns)"}[case]
         errors = f" ({r['non2xx']} non-2xx)" if r["non2xx"] and case != "404" else ""
         print(f"| {label} | {server}{errors} | {r['rps']:.0f} | {r['p50']:.2f} | "
-              f"{r['p99']:.2f} | {r['bytes'] / (1 << 20):.1f} |")
+              f"{r['p99']:.2f} | {r['bytes'] / (1 << 20):.1f} | {r['cpu_us']:.0f} |")
     if idle:
         print("\n| 10 000 idle keep-alive connections | RSS before | RSS holding them |")
         print("|---|---:|---:|")
@@ -339,6 +360,41 @@ def report(results, idle, servers, args):
                 cells.append(f"{a[metric] / b[metric]:.2f}× {'B/s' if metric == 'bytes' else 'req/s'}, "
                              f"p99 {b['p99'] / a['p99']:.2f}×")
             print(f"| {case} | {mine} | " + " | ".join(cells) + " |")
+    report_targets(results, idle)
+
+
+def report_targets(results, idle):
+    """How this run stands against the targets the project has set itself."""
+    fresh, reuse = "wasmhttpd", f"wasmhttpd --reuse {REUSE}"
+
+    def ratio(case, ours, peer, metric="rps"):
+        a, b = results.get((case, ours)), results.get((case, peer))
+        return a[metric] / b[metric] if a and b else None
+
+    checks = [
+        ("small file, fresh instance: req/s vs wasmtime serve", "≥ 2.5×",
+         ratio("small", fresh, "wasmtime serve"), lambda x: x >= 2.5),
+        ("small file, --reuse: req/s vs nginx", "≥ 0.75×",
+         ratio("small", reuse, "nginx"), lambda x: x >= 0.75),
+        ("1 MiB file: bytes/s vs nginx", "≥ 0.5×",
+         ratio("1mib", fresh, "nginx", "bytes"), lambda x: x >= 0.5),
+    ]
+    # p99 at 64 connections: the better of the two ways of running.
+    nginx = results.get(("small", "nginx"))
+    p99s = [results[("small", ours)]["p99"] for ours in (fresh, reuse) if ("small", ours) in results]
+    checks.append(("small file p99 vs nginx's (best of fresh, --reuse)", "≤ 2×",
+                   min(p99s) / nginx["p99"] if nginx and p99s else None, lambda x: x <= 2))
+    if fresh in idle:
+        checks.append(("10 000 idle connections: RSS, MB", "< 150",
+                       idle[fresh][1] * (1 << 20) / 1e6, lambda x: x < 150))
+    print("\nTargets:\n")
+    print("| target | wanted | this run | met |")
+    print("|---|---|---:|---|")
+    for name, wanted, value, met in checks:
+        if value is None:
+            continue
+        shown = f"{value:.0f}" if wanted.startswith("<") else f"{value:.2f}×"
+        print(f"| {name} | {wanted} | {shown} | {'yes' if met(value) else 'no'} |")
 
 
 if __name__ == "__main__":
