@@ -88,14 +88,18 @@ class Server:
         ).stdout
         return [int(pid) for pid in out.split()]
 
+    def proc(self, name):
+        """The text of /proc/PID/NAME for each of the server's processes."""
+        for pid in self.pids():
+            try:
+                yield Path(f"/proc/{pid}/{name}").read_text()
+            except FileNotFoundError:
+                continue
+
     def cpu_seconds(self):
         """User and system CPU time of the server's processes so far."""
         ticks = 0
-        for pid in self.pids():
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except FileNotFoundError:
-                continue
+        for stat in self.proc("stat"):
             # Fields after the command name, which may hold spaces: utime
             # and stime are the 12th and 13th.
             fields = stat.rsplit(")", 1)[1].split()
@@ -103,14 +107,9 @@ class Server:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_mib(self):
-        total = 0
-        for pid in self.pids():
-            try:
-                status = Path(f"/proc/{pid}/status").read_text()
-            except FileNotFoundError:
-                continue
-            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
-        return total / 1024
+        kib = sum(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+                  for status in self.proc("status"))
+        return kib / 1024
 
     def stop(self):
         try:
