@@ -284,7 +284,8 @@ def main():
                 # lands on every server rather than on one.
                 runs = {server.name: [] for server in servers}
                 for round_ in range(args.rounds):
-                    for server in servers[round_:] + servers[:round_]:
+                    first = round_ % len(servers)
+                    for server in servers[first:] + servers[:first]:
                         cpu = server.cpu_seconds()
                         r = wrk(server.port, path, connections or args.connections,
                                 args.duration, extra)
