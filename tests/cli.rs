@@ -5,12 +5,12 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use support::{client, demo_root, fault_guest, get};
+use support::{WASMTIME_INSTALL, client, demo_root, fault_guest, get, required_tool};
 
 /// A child process killed when dropped.
 struct Running {
@@ -311,20 +311,6 @@ fn runs_another_component_with_guest() {
     assert_eq!(get(&client(), &server.url("/index.html")).0, 404);
 }
 
-/// The `wasmtime` CLI: on PATH or in cargo's bin directory.
-fn wasmtime_cli() -> Option<PathBuf> {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
-        .map(|home| home.join("bin/wasmtime"));
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("wasmtime"))
-            .find(|candidate| candidate.is_file())
-    });
-    on_path.or(cargo_bin.filter(|p| p.is_file()))
-}
-
 /// Starts `wasmtime serve -S cli` with the default guest on `root` (plus
 /// `args`), or returns `None` when wasmtime is not installed outside CI.
 fn start_wasmtime_serve(
@@ -332,17 +318,7 @@ fn start_wasmtime_serve(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Option<(Running, tempfile::TempDir)> {
-    let Some(wasmtime) = wasmtime_cli() else {
-        // CI installs wasmtime-cli (see .ci/run); there its absence is a failure.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "wasmtime is not installed"
-        );
-        eprintln!(
-            "skipped: `wasmtime` is not installed (cargo install wasmtime-cli --version 48.0.8 --locked)"
-        );
-        return None;
-    };
+    let wasmtime = required_tool("wasmtime", WASMTIME_INSTALL)?;
     let dir = tempfile::tempdir().unwrap();
     let guest = dir.path().join("guest.wasm");
     std::fs::write(&guest, wasmhttpd::DEFAULT_GUEST).unwrap();

@@ -362,3 +362,38 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// How to install the wasmtime CLI that matches the host's wasmtime.
+pub const WASMTIME_INSTALL: &str = "cargo install wasmtime-cli --version 48.0.8 --locked";
+
+/// Where `program` is installed: on `PATH`, else in cargo's bin directory.
+pub fn installed(program: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    });
+    let cargo_bin = || {
+        std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
+            .map(|home| home.join("bin").join(program))
+            .filter(|candidate| candidate.is_file())
+    };
+    on_path.or_else(cargo_bin)
+}
+
+/// `program`, which a test needs from outside the project. Missing, the
+/// test is skipped with a note on how to `install` it; in CI, whose
+/// `.ci/run` installs it, its absence fails the test.
+pub fn required_tool(program: &str, install: &str) -> Option<PathBuf> {
+    let found = installed(program);
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{program} is not installed ({install})"
+        );
+        eprintln!("skipped: `{program}` is not installed ({install})");
+    }
+    found
+}

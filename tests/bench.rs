@@ -1,0 +1,132 @@
+//! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
+//! server starts, takes wrk's load without errors and lands in each table
+//! the script prints. The figures themselves are not checked here: they are
+//! the script's to report, on a machine that is not also running tests.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{WASMTIME_INSTALL, required_tool};
+
+/// The servers every run of the script compares (static-web-server joins
+/// them when it is installed).
+const SERVERS: [&str; 4] = [
+    "wasmhttpd",
+    "wasmhttpd --reuse 1000",
+    "wasmtime serve",
+    "nginx",
+];
+
+#[test]
+fn the_benchmark_loads_every_server_and_prints_its_tables() {
+    let tools = [
+        ("python3", "apt-get install python3"),
+        ("wrk", "apt-get install wrk"),
+        ("nginx", "apt-get install nginx-light"),
+        ("wasmtime", WASMTIME_INSTALL),
+    ];
+    let mut found = Vec::new();
+    for (tool, install) in tools {
+        let Some(path) = required_tool(tool, install) else {
+            return;
+        };
+        found.push(path);
+    }
+    // The script finds its tools on PATH; cargo's bin directory may not be.
+    let dirs = found
+        .iter()
+        .map(|tool| tool.parent().unwrap().to_path_buf());
+    let path = std::env::join_paths(dirs.chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let guest = dir.path().join("guest.wasm");
+    std::fs::write(&guest, wasmhttpd::DEFAULT_GUEST).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/bench.py");
+
+    let output = Command::new(&found[0])
+        .env("PATH", path)
+        .arg(script)
+        .args([
+            "--no-build",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--connections",
+            "4",
+        ])
+        .args([
+            "--only",
+            "small",
+            "404",
+            "idle",
+            "--idle-connections",
+            "200",
+        ])
+        .arg("--wasmhttpd")
+        .arg(env!("CARGO_BIN_EXE_wasmhttpd"))
+        .arg("--guest")
+        .arg(&guest)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    let row = |first: &str, second: &str| {
+        rows.iter()
+            .find(|row| row[0] == first && row.get(1) == Some(&second))
+            .unwrap_or_else(|| panic!("no row `{first} | {second}` in\n{stdout}"))
+    };
+    for server in SERVERS {
+        // A server that answered with errors is named with their count.
+        for case in ["small file (4 conns, keep-alive)", "404 (4 conns)"] {
+            let requests: f64 = row(case, server)[2].parse().unwrap();
+            assert!(
+                requests > 0.0,
+                "{case}, {server}: {requests} req/s\n{stdout}"
+            );
+        }
+        let idle = &rows
+            .iter()
+            .find(|row| row[0] == server && row.len() == 3)
+            .unwrap_or_else(|| panic!("no idle-connections row for {server} in\n{stdout}"));
+        assert!(
+            idle[2].ends_with("MiB") && !idle[2].contains("failed"),
+            "{server} holding 200 idle connections: {}\n{stdout}",
+            idle[2]
+        );
+    }
+    for ours in ["wasmhttpd", "wasmhttpd --reuse 1000"] {
+        let ratios = row("small", ours);
+        assert!(
+            ratios[2..].iter().all(|cell| cell.contains("× req/s")),
+            "{ratios:?}"
+        );
+        assert!(ratios.len() >= 5, "a ratio to each peer: {ratios:?}");
+    }
+    for target in [
+        "small file, fresh instance: req/s vs wasmtime serve",
+        "small file, --reuse: req/s vs nginx",
+        "small file p99 vs nginx's (best of fresh, --reuse)",
+    ] {
+        let line = rows
+            .iter()
+            .find(|row| row[0] == target)
+            .unwrap_or_else(|| panic!("no target `{target}` in\n{stdout}"));
+        // target | wanted | this run | met
+        assert!(
+            line.len() == 4 && line[2].ends_with('×') && ["yes", "no"].contains(&line[3]),
+            "{line:?}"
+        );
+    }
+}
