@@ -31,7 +31,14 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target_dir = out_dir.join("guests");
 
-    for input in ["guest", "guests", "tests/guests", "wit", "Cargo.lock"] {
+    for input in [
+        "guest",
+        "guests",
+        "pages",
+        "tests/guests",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 

@@ -7,32 +7,12 @@ use percent_encoding::utf8_percent_encode;
 
 use crate::path::SEGMENT;
 
-/// A small page for an error or redirect status.
+/// A small page for an error or redirect status, the same as the host's.
 pub fn error_page(status: u16, title: &str, detail: &str) -> Vec<u8> {
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
-         <title>{status} {title}</title></head>\n<body>\n<h1>{status} {title}</h1>\n\
-         <p>{}</p>\n<hr><p>wasmhttpd</p>\n</body>\n</html>\n",
-        escape(detail)
-    )
-    .into_bytes()
+    wasmhttpd_pages::error_page(status, title, detail).into_bytes()
 }
 
-/// Text made safe for HTML content and quoted attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use wasmhttpd_pages::escape;
 
 /// One row of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]

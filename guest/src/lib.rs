@@ -66,7 +66,7 @@ const BUFFERED_COMPRESSION_MAX: u64 = 1024 * 1024;
 /// Output buffered between a streaming compressor and the response body.
 const STREAM_BUFFER: usize = 64 * 1024;
 /// The content type of generated pages.
-const HTML: &str = "text/html; charset=utf-8";
+const HTML: &str = wasmhttpd_pages::CONTENT_TYPE;
 
 struct Component;
 
@@ -173,7 +173,7 @@ enum Representation {
 
 fn respond(request: &Request, settings: &Settings) -> Reply {
     if !matches!(request.method, Method::Get | Method::Head) {
-        let mut reply = error_reply(405, "Method Not Allowed", "This resource can only be read.");
+        let mut reply = error_reply(405, "Method Not Allowed", wasmhttpd_pages::detail(405));
         reply.headers.push(("allow", "GET, HEAD".to_owned()));
         return reply;
     }
@@ -549,11 +549,7 @@ fn not_found(root: &Descriptor) -> Reply {
                 offset: 0,
             },
         },
-        None => error_reply(
-            404,
-            "Not Found",
-            "The requested page does not exist on this server.",
-        ),
+        None => error_reply(404, "Not Found", wasmhttpd_pages::detail(404)),
     }
 }
 
@@ -592,7 +588,11 @@ impl Reply {
         if let Some(length) = length {
             headers.push(("content-length", length.to_string()));
         }
-        headers.push(("x-content-type-options", "nosniff".to_owned()));
+        headers.extend(
+            wasmhttpd_pages::SECURITY_HEADERS
+                .iter()
+                .map(|(name, value)| (*name, (*value).to_owned())),
+        );
         let fields: Vec<(String, Vec<u8>)> = headers
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value.into_bytes()))

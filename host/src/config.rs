@@ -1,13 +1,22 @@
 //! Server configuration: the web root, the guests and their routes, and
-//! every limit; [`file`] reads the optional configuration file.
+//! every limit. Each setting is declared once, in [`Startup`] or
+//! [`Limits`] (and, when a route may set it for itself, [`RouteLimits`]),
+//! by [`setting::settings!`]; its flag, environment variable, file key and
+//! route option all come from that declaration. [`file`] reads the
+//! optional configuration file.
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub mod file;
+use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Secs, Switch, settings};
 
-/// Address the server listens on when none is given.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub mod file;
+pub mod setting;
+
+/// Address the server listens on when none is given: loopback, so a server
+/// started to try it out is not reachable from the network.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
 /// Web root served when none is given, relative to the working directory.
 pub const DEFAULT_ROOT: &str = "www";
 
@@ -86,7 +95,7 @@ pub enum GuestSource {
 }
 
 /// A component mounted at a path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     /// `/` or `/seg[/seg…]`: the route takes this path and everything below
     /// it (`/api` takes `/api` and `/api/x`, not `/apix`).
@@ -95,72 +104,6 @@ pub struct Route {
     pub guest: GuestSource,
     /// Limits of this route that differ from the server's.
     pub limits: RouteLimits,
-}
-
-/// A route's own limits; each one unset takes the server's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RouteLimits {
-    /// Time its guest has for a response head, and for each body chunk.
-    pub guest_timeout: Option<Duration>,
-    /// Linear memory cap per instance, in bytes.
-    pub guest_memory: Option<usize>,
-    /// Its own share of instances running requests at once (reserved in
-    /// the pool in addition to the server's `max_instances`).
-    pub max_instances: Option<u32>,
-    /// Requests one of its instances serves.
-    pub reuse: Option<usize>,
-}
-
-impl RouteLimits {
-    /// Parses `key=value` settings (`guest-timeout=5`, `guest-memory=16`
-    /// in MiB, `max-instances=50`, `reuse=8`), as `--route` takes them
-    /// after the file name.
-    pub fn parse<'a>(settings: impl IntoIterator<Item = &'a str>) -> Result<RouteLimits, String> {
-        let mut limits = RouteLimits::default();
-        for setting in settings {
-            let (key, value) = setting
-                .split_once('=')
-                .ok_or_else(|| format!("route setting {setting:?} is not key=value"))?;
-            let number =
-                || {
-                    value.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        format!("{key} takes a positive whole number, not {value:?}")
-                    })
-                };
-            match key {
-                "guest-timeout" => {
-                    let secs = value
-                        .parse::<f64>()
-                        .ok()
-                        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-                        .filter(|secs| !secs.is_zero())
-                        .ok_or_else(|| format!("guest-timeout takes seconds, not {value:?}"))?;
-                    limits.guest_timeout = Some(secs);
-                }
-                "guest-memory" => {
-                    let mib = usize::try_from(number()?).map_err(|err| err.to_string())?;
-                    let bytes = mib
-                        .checked_mul(1 << 20)
-                        .ok_or("guest-memory is too large")?;
-                    limits.guest_memory = Some(bytes);
-                }
-                "max-instances" => {
-                    limits.max_instances =
-                        Some(u32::try_from(number()?).map_err(|err| err.to_string())?);
-                }
-                "reuse" => {
-                    limits.reuse = Some(usize::try_from(number()?).map_err(|err| err.to_string())?);
-                }
-                _ => {
-                    return Err(format!(
-                        "unknown route setting {key:?}: expected guest-timeout, guest-memory, \
-                         max-instances or reuse"
-                    ));
-                }
-            }
-        }
-        Ok(limits)
-    }
 }
 
 impl Route {
@@ -236,67 +179,87 @@ impl Config {
     }
 }
 
-/// Protocol and resource limits; see the `DEFAULT_*` constants for why each
-/// default is what it is.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Longest request line plus headers, in bytes.
-    pub max_head_bytes: usize,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: u64,
-    /// Time to send a request head once started.
-    pub header_timeout: Duration,
-    /// Time a client may pause while sending a request body.
-    pub body_timeout: Duration,
-    /// Time an idle keep-alive connection waits for its next request.
-    pub keep_alive_timeout: Duration,
-    /// Time one write to the client may take.
-    pub write_timeout: Duration,
-    /// Time a guest has for its response head, and for each body chunk.
-    pub guest_timeout: Duration,
-    /// Linear memory cap per guest instance, in bytes.
-    pub guest_memory: usize,
-    /// Open client connections.
-    pub max_connections: usize,
-    /// Guest instances alive at once for requests.
-    pub max_instances: u32,
-    /// Largest WebSocket message from a client, in bytes.
-    pub ws_max_message: usize,
-    /// Time a WebSocket session may go without a client message.
-    pub ws_idle_timeout: Duration,
-    /// WebSocket sessions open at once (each with its own instance).
-    pub max_websockets: u32,
-    /// Requests one instance serves, one at a time.
-    pub reuse: usize,
-    /// Time in-flight responses get to finish once shutdown begins.
-    pub shutdown_grace: Duration,
-    /// Time a request waits for an instance before a 503.
-    pub queue_timeout: Duration,
-    /// Requests on one connection before it is closed.
-    pub max_requests_per_connection: u64,
+settings! {
+    /// What the binary starts with besides the limits: where it listens,
+    /// what it serves and how it finds its guests.
+    pub struct Startup {
+        /// Address to listen on; port 0 picks a free port.
+        listen: Addr = DEFAULT_LISTEN,
+        /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of
+        /// their own (keep it off the public interface).
+        metrics: Maybe<Addr> = None,
+        /// Web root, preopened read-only for the guest at `/`.
+        root: FsPath = PathBuf::from(DEFAULT_ROOT),
+        /// A wasi:http component (`.wasm`) to handle requests on `/` instead
+        /// of the built-in static-file guest. Reloaded when the file changes.
+        guest: Maybe<FsPath> = None,
+        /// Serve only the `--route` components: no guest on `/` unless a
+        /// route names it, and paths outside every route get 404.
+        no_default_guest: Switch = false,
+        /// Do not watch guest files; reload them on SIGHUP only.
+        no_watch: Switch = false,
+        /// Directory for compiled components [default: the user's cache
+        /// directory, e.g. ~/.cache/wasmhttpd].
+        cache_dir: Maybe<FsPath> = None,
+        /// Compile every component at start, without a cache.
+        no_cache: Switch = false,
+    }
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            header_timeout: DEFAULT_HEADER_TIMEOUT,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
-            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
-            guest_timeout: DEFAULT_GUEST_TIMEOUT,
-            guest_memory: DEFAULT_GUEST_MEMORY,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            max_instances: DEFAULT_MAX_INSTANCES,
-            ws_max_message: DEFAULT_WS_MAX_MESSAGE,
-            ws_idle_timeout: DEFAULT_WS_IDLE_TIMEOUT,
-            max_websockets: DEFAULT_MAX_WEBSOCKETS,
-            reuse: DEFAULT_REUSE,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
-            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
-            max_requests_per_connection: DEFAULT_MAX_REQUESTS_PER_CONNECTION,
-        }
+settings! {
+    /// Protocol and resource limits; see the `DEFAULT_*` constants for why
+    /// each default is what it is.
+    pub struct Limits {
+        /// Longest request line plus header section, in bytes (then 414 or
+        /// 431).
+        max_head: Bytes<usize> = DEFAULT_MAX_HEAD_BYTES,
+        /// Largest request body accepted, in bytes (then 413).
+        max_body: Bytes<u64> = DEFAULT_MAX_BODY_BYTES,
+        /// Seconds a client has to send a request head once it started.
+        header_timeout: Secs = DEFAULT_HEADER_TIMEOUT,
+        /// Seconds a client may pause while sending a request body (then
+        /// 408).
+        body_timeout: Secs = DEFAULT_BODY_TIMEOUT,
+        /// Seconds an idle keep-alive connection is kept open.
+        keep_alive_timeout: Secs = DEFAULT_KEEP_ALIVE_TIMEOUT,
+        /// Seconds one write to a client may take; a client that stopped
+        /// reading is disconnected after it.
+        write_timeout: Secs = DEFAULT_WRITE_TIMEOUT,
+        /// Open client connections at most; more wait in the accept backlog.
+        max_connections: Count<usize> = DEFAULT_MAX_CONNECTIONS,
+        /// Largest WebSocket message accepted, in bytes (then close 1009).
+        ws_max_message: Bytes<usize> = DEFAULT_WS_MAX_MESSAGE,
+        /// Seconds a WebSocket session may stay silent (then close 1001).
+        ws_idle_timeout: Secs = DEFAULT_WS_IDLE_TIMEOUT,
+        /// WebSocket sessions open at once; more upgrades get 503.
+        max_websockets: Count<u32> = DEFAULT_MAX_WEBSOCKETS,
+        /// Seconds responses in progress get to finish after SIGTERM or
+        /// SIGINT (a second signal exits at once).
+        shutdown_grace: Secs = DEFAULT_SHUTDOWN_GRACE,
+        /// Seconds a request waits for a free guest instance before a 503
+        /// with Retry-After.
+        queue_timeout: Secs = DEFAULT_QUEUE_TIMEOUT,
+        /// Requests one connection may carry; the last says `Connection:
+        /// close`.
+        max_requests_per_connection: Count<u64> = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+    }
+
+    /// A route's own limits (`--route /api=api.wasm,guest-timeout=5`); each
+    /// one unset takes the server's.
+    pub struct RouteLimits {
+        /// Seconds a guest has to produce its response head (then 504), and
+        /// each piece of its body.
+        guest_timeout: Secs = DEFAULT_GUEST_TIMEOUT,
+        /// Linear memory cap per guest instance, in MiB.
+        guest_memory: Mib = DEFAULT_GUEST_MEMORY,
+        /// Guest instances alive at once; more requests wait. A route's own
+        /// is a share reserved for it besides the server's.
+        max_instances: Count<u32> = DEFAULT_MAX_INSTANCES,
+        /// Requests one guest instance serves, one after another, before it
+        /// is dropped. 1 (a fresh instance per request) isolates requests
+        /// from each other; more is faster, and state a guest keeps is seen
+        /// by the next request on the same instance.
+        reuse: Count<usize> = DEFAULT_REUSE,
     }
 }
 

@@ -18,6 +18,10 @@
 //! - [`config`]: the configuration and every limit, with its default.
 //! - [`server`]: binding, the accept loop, the connection cap.
 //! - [`routes`]: which guest serves which path prefix.
+//! - [`dispatch`]: between the front ends and the guests, for every
+//!   protocol: a request's id and route, the guest's call and its checked
+//!   response or a page of the host's, WebSocket sessions, and the one
+//!   place the access log and the metrics are written.
 //! - [`metrics`]: counters and gauges, served to Prometheus on a listener
 //!   of their own.
 //! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
@@ -27,13 +31,14 @@
 //!   through it.
 
 pub mod config;
+pub mod dispatch;
 pub mod metrics;
 pub mod proto;
 pub mod routes;
 pub mod server;
 pub mod wasm;
 
-pub use config::{Config, GuestSource, Limits, Route, RouteLimits};
+pub use config::{Config, GuestSource, Limits, Route, RouteLimits, Startup};
 pub use server::{Monitor, Reloader, Server, StartError, bind};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -30,7 +30,6 @@ use tracing::{Instrument, debug, error, info_span};
 
 use crate::config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES, DEFAULT_WRITE_TIMEOUT};
 use crate::proto::role::{self, BodyKind, Framing};
-use crate::wasm::guest::GuestError;
 
 /// The one path the endpoint serves.
 pub const PATH: &str = "/metrics";
@@ -48,6 +47,15 @@ struct ClassLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+/// A fault of a guest's own, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// It trapped: a panic, `unreachable`, memory exhausted.
+    Trap,
+    /// It ran past its deadline.
+    Timeout,
 }
 
 /// The server's counters and gauges.
@@ -144,23 +152,12 @@ impl Metrics {
         }
     }
 
-    /// Counts a guest that failed, when the failure was the guest's own.
-    pub(crate) fn guest_failed(&self, err: &GuestError) {
-        match err {
-            GuestError::Trap(_) => self.guest_trapped(),
-            GuestError::Timeout => self.guest_timed_out(),
-            _ => {}
-        }
-    }
-
-    /// Counts a guest that trapped.
-    pub(crate) fn guest_trapped(&self) {
-        self.traps.inc();
-    }
-
-    /// Counts a guest stopped at its deadline.
-    pub(crate) fn guest_timed_out(&self) {
-        self.timeouts.inc();
+    /// Counts a guest's fault.
+    pub(crate) fn guest_fault(&self, fault: Fault) {
+        match fault {
+            Fault::Trap => self.traps.inc(),
+            Fault::Timeout => self.timeouts.inc(),
+        };
     }
 
     /// Counts a reload.

@@ -5,7 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -13,7 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::{Config, GuestSource, Limits, RouteLimits};
+use crate::config::{Config, GuestSource, RouteLimits};
+use crate::dispatch::Dispatch;
 use crate::metrics::Metrics;
 use crate::proto::conn::Conn;
 use crate::routes::Routes;
@@ -62,25 +62,18 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// What every connection of a server shares.
-pub(crate) struct Shared {
-    pub(crate) routes: Routes,
+/// What a running server holds.
+struct Shared {
+    /// What every connection calls.
+    dispatch: Arc<Dispatch>,
     /// Set to true when the server starts shutting down.
     shutdown: watch::Sender<bool>,
-    pub(crate) limits: Limits,
     guests: Arc<GuestContext>,
-    pub(crate) metrics: Arc<Metrics>,
-    next_id: AtomicU64,
 }
 
 impl Shared {
-    /// A receiver that sees the server begin to shut down.
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    pub(crate) fn next_request_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    fn routes(&self) -> &Routes {
+        self.dispatch.routes()
     }
 }
 
@@ -102,7 +95,7 @@ impl Monitor {
     pub fn requests_running(&self) -> usize {
         let own: usize = self
             .shared
-            .routes
+            .routes()
             .slots()
             .map(|slot| slot.context())
             .filter(|ctx| ctx.has_own_instances())
@@ -113,7 +106,7 @@ impl Monitor {
 
     /// Client connections open now.
     pub fn connections(&self) -> usize {
-        usize::try_from(self.shared.metrics.open_connections()).unwrap_or(0)
+        usize::try_from(self.shared.dispatch.metrics().open_connections()).unwrap_or(0)
     }
 
     /// WebSocket sessions open now.
@@ -124,13 +117,13 @@ impl Monitor {
     /// For the route that takes `path`: reloads that swapped a new guest
     /// in, and reloads that failed and kept the running one.
     pub fn reloads(&self, path: &str) -> Option<(u64, u64)> {
-        self.shared.routes.find(path).map(|slot| slot.reloads())
+        self.shared.routes().find(path).map(|slot| slot.reloads())
     }
 
     /// The digest of the guest that serves `path` now.
     pub fn guest_digest(&self, path: &str) -> Option<Digest> {
         self.shared
-            .routes
+            .routes()
             .find(path)
             .map(|slot| slot.current().digest)
     }
@@ -145,7 +138,7 @@ pub struct Reloader {
 impl Reloader {
     /// Reloads every route whose guest comes from a file; logs each outcome.
     pub async fn reload_all(&self) {
-        for slot in self.shared.routes.slots() {
+        for slot in self.shared.routes().slots() {
             if matches!(slot.source(), GuestSource::File(_)) {
                 slot.reload_and_log().await;
             }
@@ -209,14 +202,18 @@ impl Server {
         } else {
             None
         };
+        let shutdown = watch::Sender::new(false);
+        let dispatch = Dispatch::new(
+            Routes::new(table),
+            config.limits,
+            metrics,
+            shutdown.subscribe(),
+        );
         Ok(Server {
             shared: Arc::new(Shared {
-                routes: Routes::new(table),
-                shutdown: watch::Sender::new(false),
-                limits: config.limits,
+                dispatch: Arc::new(dispatch),
+                shutdown,
                 guests,
-                metrics,
-                next_id: AtomicU64::new(1),
             }),
             watching,
         })
@@ -224,7 +221,7 @@ impl Server {
 
     /// The server's metrics, for [`crate::metrics::serve`].
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.shared.metrics.clone()
+        self.shared.dispatch.metrics().clone()
     }
 
     /// A handle that reloads this server's guests.
@@ -245,12 +242,13 @@ impl Server {
             .watching
             .take()
             .map(|watching| AbortOnDrop(tokio::spawn(watching.reload_on_change())));
-        let max_connections = self.shared.limits.max_connections;
+        let limits = self.shared.dispatch.limits();
+        let max_connections = limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
         self.accept(&listener, &connections, shutdown).await;
         drop(listener);
         let open = max_connections - connections.available_permits();
-        let grace = self.shared.limits.shutdown_grace;
+        let grace = limits.shutdown_grace;
         info!(open, grace_secs = grace.as_secs_f64(), "shutting down");
         self.shared.shutdown.send_replace(true);
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
@@ -296,8 +294,9 @@ impl Server {
             let Ok(local) = stream.local_addr() else {
                 continue;
             };
-            let conn = Conn::new(stream, local, peer, self.shared.clone());
-            let open = self.shared.metrics.connection();
+            let dispatch = &self.shared.dispatch;
+            let open = dispatch.metrics().connection();
+            let conn = Conn::new(stream, local, peer, dispatch.clone());
             tokio::spawn(
                 async move {
                     conn.serve().await;

@@ -13,47 +13,12 @@
 //! wins over the file; `route` and `env` lists from both are joined, the
 //! file's first. Relative paths in the file are relative to the file's
 //! directory. An unknown key is an error, so a typo is not silently
-//! ignored.
+//! ignored. Each setting reads its own key (see [`super::setting`]); what
+//! no setting took is reported by [`ConfigFile::finish`].
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-
-/// The keys of a configuration file; each is the long flag of the same name.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
-    pub metrics: Option<SocketAddr>,
-    pub root: Option<PathBuf>,
-    pub guest: Option<PathBuf>,
-    #[serde(default)]
-    pub route: Vec<String>,
-    pub no_default_guest: Option<bool>,
-    pub no_watch: Option<bool>,
-    pub cache_dir: Option<PathBuf>,
-    pub no_cache: Option<bool>,
-    #[serde(default)]
-    pub env: Vec<String>,
-    pub guest_timeout: Option<f64>,
-    pub guest_memory: Option<usize>,
-    pub max_body: Option<u64>,
-    pub keep_alive_timeout: Option<f64>,
-    pub header_timeout: Option<f64>,
-    pub body_timeout: Option<f64>,
-    pub write_timeout: Option<f64>,
-    pub max_connections: Option<usize>,
-    pub max_instances: Option<u32>,
-    pub ws_max_message: Option<usize>,
-    pub ws_idle_timeout: Option<f64>,
-    pub max_websockets: Option<u32>,
-    pub reuse: Option<usize>,
-    pub shutdown_grace: Option<f64>,
-    pub queue_timeout: Option<f64>,
-    pub max_requests_per_connection: Option<u64>,
-}
 
 /// The file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -76,50 +41,105 @@ pub enum FileError {
     },
 }
 
-impl FileConfig {
-    /// Reads and parses `path`; relative paths in it are resolved against
-    /// its directory.
-    pub fn load(path: &Path) -> Result<FileConfig, FileError> {
+/// A configuration file, read; each setting takes its key from it.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+    table: toml::Table,
+    /// The keys taken so far.
+    taken: RefCell<BTreeSet<String>>,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<ConfigFile, FileError> {
         let text = std::fs::read_to_string(path).map_err(|source| FileError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        FileConfig::parse(&text, base).map_err(|message| FileError::Invalid {
+        ConfigFile::parse(&text, path).map_err(|message| FileError::Invalid {
             path: path.to_owned(),
             message,
         })
     }
 
-    /// Parses `text`, resolving relative paths against `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<FileConfig, String> {
-        let mut file: FileConfig = toml::from_str(text).map_err(|err| err.to_string())?;
-        let resolve = |path: &mut PathBuf| {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
+    /// Parses `text` as the file at `path`, which relative paths in it
+    /// are resolved against.
+    pub fn parse(text: &str, path: &Path) -> Result<ConfigFile, String> {
+        Ok(ConfigFile {
+            path: path.to_owned(),
+            table: text
+                .parse()
+                .map_err(|err: toml::de::Error| err.to_string())?,
+            taken: RefCell::default(),
+        })
+    }
+
+    /// The file's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The value of `key`, which is then taken.
+    pub fn take(&self, key: &str) -> Option<&toml::Value> {
+        let value = self.table.get(key)?;
+        self.taken.borrow_mut().insert(key.to_owned());
+        Some(value)
+    }
+
+    /// The strings of the list `key` (`route = [...]`), which is then taken.
+    pub fn take_list(&self, key: &str) -> Result<Vec<String>, String> {
+        let Some(value) = self.take(key) else {
+            return Ok(Vec::new());
         };
-        file.root.as_mut().map(resolve);
-        file.guest.as_mut().map(resolve);
-        file.cache_dir.as_mut().map(resolve);
-        for route in &mut file.route {
-            if let Some((prefix, guest)) = route.split_once('=')
-                && Path::new(guest).is_relative()
-            {
-                *route = format!("{prefix}={}", base.join(guest).display());
-            }
+        let invalid = || format!("{key} in {} takes a list of strings", self.path.display());
+        value
+            .as_array()
+            .ok_or_else(invalid)?
+            .iter()
+            .map(|item| item.as_str().map(str::to_owned).ok_or_else(invalid))
+            .collect()
+    }
+
+    /// `path` resolved against the file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_owned(),
         }
-        Ok(file)
+    }
+
+    /// Fails on a key that no setting took: a typo, or a flag that has no
+    /// file key.
+    pub fn finish(&self) -> Result<(), FileError> {
+        let taken = self.taken.borrow();
+        let unknown: Vec<&str> = self
+            .table
+            .keys()
+            .map(String::as_str)
+            .filter(|key| !taken.contains(*key))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(FileError::Invalid {
+            path: self.path.clone(),
+            message: format!(
+                "unknown key {}: the keys are the long flags, as in `guest-timeout = 5`",
+                unknown.join(", ")
+            ),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Limits, Startup};
 
     #[test]
     fn keys_are_the_long_flags_and_paths_follow_the_file() {
-        let file = FileConfig::parse(
+        let file = ConfigFile::parse(
             r#"
             listen = "0.0.0.0:9000"
             root = "site"
@@ -130,28 +150,42 @@ mod tests {
             max-instances = 10
             no-watch = true
             "#,
-            Path::new("/etc/wasmhttpd"),
+            Path::new("/etc/wasmhttpd/wasmhttpd.toml"),
         )
         .unwrap();
-        assert_eq!(file.listen, Some("0.0.0.0:9000".parse().unwrap()));
-        assert_eq!(file.root, Some(PathBuf::from("/etc/wasmhttpd/site")));
-        assert_eq!(file.guest, Some(PathBuf::from("/abs/guest.wasm")));
+        let mut startup = Startup::default();
+        startup.read_file(&file).unwrap();
+        let mut limits = Limits::default();
+        limits.read_file(&file).unwrap();
+        assert_eq!(startup.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(startup.root, PathBuf::from("/etc/wasmhttpd/site"));
+        assert_eq!(startup.guest, Some(PathBuf::from("/abs/guest.wasm")));
+        assert!(startup.no_watch);
         assert_eq!(
-            file.route,
-            ["/api=/etc/wasmhttpd/api.wasm", "/abs=/opt/abs.wasm"]
+            file.take_list("route").unwrap(),
+            ["/api=api.wasm", "/abs=/opt/abs.wasm"]
         );
-        assert_eq!(file.env, ["WASMHTTPD_DOTFILES=on"]);
-        assert_eq!(file.guest_timeout, Some(2.5));
-        assert_eq!(file.max_instances, Some(10));
-        assert_eq!(file.no_watch, Some(true));
-        assert_eq!(file.max_body, None);
+        assert_eq!(file.take_list("env").unwrap(), ["WASMHTTPD_DOTFILES=on"]);
+        assert_eq!(limits.guest_timeout, std::time::Duration::from_millis(2500));
+        assert_eq!(limits.max_instances, 10);
+        assert_eq!(limits.max_body, Limits::default().max_body);
+        file.finish().unwrap();
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_errors() {
-        let typo = FileConfig::parse("guest-timeut = 3", Path::new(".")).unwrap_err();
+        let path = Path::new("/etc/w.toml");
+        let typo = ConfigFile::parse("guest-timeut = 3", path).unwrap();
+        Limits::default().read_file(&typo).unwrap();
+        let typo = typo.finish().unwrap_err().to_string();
         assert!(typo.contains("guest-timeut"), "{typo}");
-        let wrong = FileConfig::parse("max-instances = \"many\"", Path::new(".")).unwrap_err();
-        assert!(wrong.contains("max-instances"), "{wrong}");
+        let wrong = ConfigFile::parse("max-instances = \"many\"", path).unwrap();
+        let wrong = Limits::default().read_file(&wrong).unwrap_err();
+        assert!(
+            wrong.contains("max-instances") && wrong.contains("/etc/w.toml"),
+            "{wrong}"
+        );
+        let list = ConfigFile::parse("route = \"/a=a.wasm\"", path).unwrap();
+        assert!(list.take_list("route").unwrap_err().contains("list"));
     }
 }

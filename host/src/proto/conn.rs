@@ -13,22 +13,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, Method, StatusCode, Version, header};
+use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::encode::Encoder;
 use super::error::Error;
 use super::reader::{ReadLimits, RequestReader};
 use super::role::{self, Framing, RequestHead};
 use super::websocket;
-use crate::server::Shared;
-use crate::wasm::guest::GuestResponse;
+use crate::config::Limits;
+use crate::dispatch::{self, Connection, Dispatch, Response};
+use crate::wasm::guest::BodyError;
 
 /// Read buffer reserved ahead of each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -42,8 +43,8 @@ const LINGER_BYTES: usize = 256 * 1024;
 
 /// What was sent for one request, for the access log.
 pub(super) struct Sent {
-    status: StatusCode,
-    bytes: u64,
+    pub(super) status: StatusCode,
+    pub(super) bytes: u64,
     keep_alive: bool,
 }
 
@@ -52,11 +53,11 @@ pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
     pub(super) out: Vec<u8>,
-    pub(super) shared: Arc<Shared>,
+    pub(super) dispatch: Arc<Dispatch>,
     /// Turns the bytes in `buf` into request heads and bodies.
     reader: RequestReader,
-    /// The client's address.
-    peer: SocketAddr,
+    /// The client's and the server's addresses.
+    pub(super) conn: Connection,
     /// Requests answered so far.
     served: u64,
     /// Becomes true when the server shuts down: the connection then ends
@@ -69,34 +70,37 @@ impl Conn {
         io: TcpStream,
         local: SocketAddr,
         peer: SocketAddr,
-        shared: Arc<Shared>,
+        dispatch: Arc<Dispatch>,
     ) -> Self {
+        let limits = dispatch.limits();
         Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
-            shutdown: shared.shutdown_signal(),
+            shutdown: dispatch.shutdown_signal(),
             reader: RequestReader::new(
                 ReadLimits {
-                    max_head: shared.limits.max_head_bytes,
-                    max_body: shared.limits.max_body_bytes,
+                    max_head: limits.max_head,
+                    max_body: limits.max_body,
                 },
                 local.to_string(),
             ),
-            shared,
-            peer,
+            dispatch,
+            conn: Connection {
+                peer,
+                local,
+                tls: false,
+            },
             served: 0,
         }
     }
 
-    /// A receiver of the server's shutdown, for a protocol that takes the
-    /// connection over.
-    pub(super) fn shutdown_receiver(&self) -> watch::Receiver<bool> {
-        self.shutdown.clone()
+    fn limits(&self) -> &Limits {
+        self.dispatch.limits()
     }
 
     /// Whether the server is shutting down.
-    pub(super) fn shutting_down(&self) -> bool {
+    fn shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
 
@@ -108,70 +112,53 @@ impl Conn {
                 Ok(None) => return,
                 Err(err) => return self.refuse(err).await,
             };
-            let started = Instant::now();
-            let id = self.shared.next_request_id();
-            let method = head.method.clone();
-            let target = head.uri.path_and_query().map(|pq| pq.to_string());
-            let target = target.unwrap_or_else(|| "/".to_owned());
-            // The version running now serves this whole request.
-            let route = self.shared.routes.route(head.uri.path());
-            let route_prefix = route.map_or("-", |(prefix, _)| prefix).to_owned();
-            let guest = route.map(|(_, slot)| slot.current());
-            if let Some(guest) = &guest
-                && websocket::wants_upgrade(&head)
-                && guest.has_websocket()
-            {
-                return self.websocket(head, id, target, guest.clone()).await;
+            let dispatch = self.dispatch.clone();
+            let exchange = dispatch.begin(&head.method, &head.uri, head.version, self.conn);
+            if websocket::wants_upgrade(&head) && dispatch.websocket_guest(&exchange).is_some() {
+                return self.websocket(head, exchange).await;
             }
             // Once shutdown has begun, or at the connection's request cap,
             // the response says it is the last.
             let last = self.shutting_down()
-                || self.served + 1 >= self.shared.limits.max_requests_per_connection;
-            let (version, keep_alive) = (head.version, head.keep_alive && !last);
+                || self.served + 1 >= self.limits().max_requests_per_connection;
+            let (method, version) = (head.method.clone(), head.version);
+            let keep_alive = head.keep_alive && !last;
             let request = match self.read_body(&head).await {
                 Ok(body) => into_request(head, body),
-                Err(err) => return self.refuse(err).await,
-            };
-            let sent = match guest {
-                None => {
-                    self.write_error(StatusCode::NOT_FOUND, version, keep_alive)
-                        .await
-                }
-                Some(guest) => match self.unless_client_leaves(guest.handle(request, id)).await {
-                    // Dropping the guest's future stopped it.
-                    None => {
-                        debug!(id, %method, %target, "client went away before the response");
+                Err(err) => {
+                    let Some(status) = err.status() else {
+                        debug!(id = exchange.id, cause = %err, "closing connection");
                         return;
+                    };
+                    warn!(id = exchange.id, cause = %err, status = status.as_u16(), "refused request body");
+                    if let Ok(sent) = self.write_page(status, &method, version).await {
+                        exchange.finish(sent.status, sent.bytes);
+                        self.close().await;
                     }
-                    Some(Ok(response)) => {
-                        self.write_response(response, &method, version, keep_alive)
-                            .await
-                    }
-                    Some(Err(err)) => {
-                        warn!(id, %method, %target, cause = %err, "guest failed");
-                        self.write_error(err.status(), version, keep_alive).await
-                    }
-                },
+                    return;
+                }
             };
-            self.served += 1;
-            let Ok(sent) = sent else {
-                debug!(id, "client went away while writing");
+            let Some(response) = self
+                .unless_client_leaves(dispatch.respond(&exchange, request))
+                .await
+            else {
+                // Dropping the guest's future stopped it.
+                debug!(
+                    id = exchange.id,
+                    target = exchange.target(),
+                    "client went away before the response"
+                );
                 return;
             };
-            self.shared
-                .metrics
-                .response(sent.status, Some(started.elapsed()));
-            info!(
-                target: "wasmhttpd::access",
-                id,
-                peer = %self.peer,
-                %method,
-                %target,
-                route = %route_prefix,
-                status = sent.status.as_u16(),
-                bytes = sent.bytes,
-                ms = started.elapsed().as_secs_f64() * 1e3,
-            );
+            self.served += 1;
+            let Ok(sent) = self
+                .write_response(response, &method, version, keep_alive)
+                .await
+            else {
+                debug!(id = exchange.id, "client went away while writing");
+                return;
+            };
+            exchange.finish(sent.status, sent.bytes);
             if !sent.keep_alive {
                 return self.close().await;
             }
@@ -181,14 +168,14 @@ impl Conn {
     /// Reads until a whole head is buffered. `Ok(None)`: the client closed,
     /// or stayed idle past the keep-alive timeout, between requests.
     async fn read_head(&mut self) -> Result<Option<RequestHead>, Error> {
-        let header_timeout = self.shared.limits.header_timeout;
+        let header_timeout = self.limits().header_timeout;
         // The first request gets the header timeout to arrive; later ones the
         // (shorter) keep-alive timeout. Once a byte of the head has arrived,
         // the whole head must be in within the header timeout.
         let idle = if self.served == 0 {
             header_timeout
         } else {
-            self.shared.limits.keep_alive_timeout
+            self.limits().keep_alive_timeout
         };
         let mut deadline = Instant::now() + idle;
         let mut started = false;
@@ -285,7 +272,7 @@ impl Conn {
 
     /// One read of body bytes, within the body timeout.
     async fn read_more(&mut self) -> Result<(), Error> {
-        let limit = self.shared.limits.body_timeout;
+        let limit = self.limits().body_timeout;
         match timeout(limit, self.io.read_buf(&mut self.buf)).await {
             Err(_) => Err(Error::BodyTimeout),
             Ok(Ok(0)) => Err(Error::Incomplete),
@@ -294,28 +281,18 @@ impl Conn {
         }
     }
 
-    /// Writes a guest's response, streaming its body as the guest writes it.
-    async fn write_response(
+    /// Writes a response, streaming its body as the guest writes it.
+    pub(super) async fn write_response(
         &mut self,
-        response: GuestResponse,
+        response: Response,
         method: &Method,
         version: Version,
         keep_alive: bool,
     ) -> std::io::Result<Sent> {
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
-        let declared = match declared_length(&parts.headers) {
-            // wasi:http takes any status of three digits; HTTP has 100-599,
-            // and a final response cannot be informational.
-            Some(declared) if (200..=599).contains(&status.as_u16()) => declared,
-            _ => {
-                warn!(%status, "guest response has an informational or invalid status, or an invalid Content-Length");
-                drop(body);
-                return self
-                    .write_error(StatusCode::INTERNAL_SERVER_ERROR, version, keep_alive)
-                    .await;
-            }
-        };
+        // The dispatch has checked it.
+        let declared = dispatch::declared_length(&parts.headers).flatten();
         let head_only = method == Method::HEAD;
         // A HEAD response announces the framing a GET would get (RFC 9112
         // §6.1, §6.3), then sends no body.
@@ -351,7 +328,6 @@ impl Conn {
             });
         }
 
-        let guest_timeout = self.shared.limits.guest_timeout;
         let mut encoder = Encoder::new(framing);
         let mut sent = head_len;
         let complete = loop {
@@ -362,12 +338,10 @@ impl Conn {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     sent += self.flush_out().await?;
-                    let next = timeout(
-                        guest_timeout,
-                        std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
-                    );
-                    let cap = self.shared.limits.max_head_bytes;
-                    let next = if encoder.is_full() {
+                    // The body keeps the guest's deadline for each piece.
+                    let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
+                    let cap = self.limits().max_head;
+                    if encoder.is_full() {
                         // The client has the whole body and may well close
                         // now; the guest only has to end it.
                         next.await
@@ -378,14 +352,6 @@ impl Conn {
                                 // Dropping the body stops the guest.
                                 return Err(std::io::ErrorKind::ConnectionAborted.into());
                             }
-                        }
-                    };
-                    match next {
-                        Ok(frame) => frame,
-                        Err(_) => {
-                            warn!(%status, "guest stalled while writing its body");
-                            self.shared.metrics.guest_timed_out();
-                            break false;
                         }
                     }
                 }
@@ -398,8 +364,12 @@ impl Conn {
                         break false;
                     }
                 },
+                Some(Err(BodyError::Stalled)) => {
+                    warn!(%status, "guest stalled while writing its body");
+                    break false;
+                }
                 Some(Err(err)) => {
-                    warn!(%status, cause = ?err, "guest body failed");
+                    warn!(%status, cause = %err, "guest body failed");
                     break false;
                 }
                 Some(Ok(frame)) => {
@@ -432,81 +402,53 @@ impl Conn {
     /// Runs `work` (a guest producing a response head) unless the client
     /// closes the connection first; then `None`, and `work` is dropped.
     async fn unless_client_leaves<T>(&mut self, work: impl Future<Output = T>) -> Option<T> {
-        let cap = self.shared.limits.max_head_bytes;
+        let cap = self.limits().max_head;
         tokio::select! {
             done = work => Some(done),
             () = client_gone(&mut self.io, &mut self.buf, cap) => None,
         }
     }
 
-    /// Writes a small plain-text error response generated by the host.
-    async fn write_error(
+    /// Writes the host's page for `status`, then the connection closes.
+    async fn write_page(
         &mut self,
         status: StatusCode,
+        method: &Method,
         version: Version,
-        keep_alive: bool,
     ) -> std::io::Result<Sent> {
-        self.write_plain(status, http::HeaderMap::new(), version, keep_alive)
+        self.write_rejection(dispatch::page(status, HeaderMap::new()), method, version)
             .await
     }
 
-    /// Writes a small plain-text response generated by the host, with
-    /// `headers` besides the ones it always has.
-    pub(super) async fn write_plain(
+    /// Writes a response that ends the connection.
+    pub(super) async fn write_rejection(
         &mut self,
-        status: StatusCode,
-        mut headers: http::HeaderMap,
+        response: Response,
+        method: &Method,
         version: Version,
-        keep_alive: bool,
     ) -> std::io::Result<Sent> {
-        let body = format!(
-            "{} {}\n",
-            status.as_str(),
-            status.canonical_reason().unwrap_or("Error")
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            // Overload is brief: try again in a second.
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        self.out.clear();
-        role::encode_response_head(
-            &mut self.out,
-            status,
-            &headers,
-            Framing::Length(body.len() as u64),
-            keep_alive,
-            version,
-            &date,
-        );
-        self.out.extend_from_slice(body.as_bytes());
-        let bytes = self.flush_out().await?;
-        Ok(Sent {
-            status,
-            bytes,
-            keep_alive,
-        })
+        // HTTP/1.0 and 1.1 are the versions answered in kind.
+        let version = if version == Version::HTTP_10 {
+            version
+        } else {
+            Version::HTTP_11
+        };
+        self.write_response(response, method, version, false).await
     }
 
-    /// Answers a request the front end refused (if an answer is owed), then closes.
+    /// Answers a request the front end refused before its head was whole
+    /// (if an answer is owed), then closes.
     async fn refuse(mut self, err: Error) {
-        match err.status() {
-            Some(status) => {
-                warn!(cause = %err, status = status.as_u16(), "refused request");
-                self.shared.metrics.response(status, None);
-                if self
-                    .write_error(status, Version::HTTP_11, false)
-                    .await
-                    .is_ok()
-                {
-                    self.close().await;
-                }
-            }
-            None => debug!(cause = %err, "closing connection"),
+        let Some(status) = err.status() else {
+            return debug!(cause = %err, "closing connection");
+        };
+        warn!(cause = %err, status = status.as_u16(), "refused request");
+        if let Ok(sent) = self
+            .write_page(status, &Method::GET, Version::HTTP_11)
+            .await
+        {
+            self.dispatch.refused(self.conn, sent.status, sent.bytes);
+            self.close().await;
         }
     }
 
@@ -547,7 +489,7 @@ impl Conn {
         if bytes.is_empty() {
             return Ok(());
         }
-        match timeout(self.shared.limits.write_timeout, self.io.write_all(bytes)).await {
+        match timeout(self.limits().write_timeout, self.io.write_all(bytes)).await {
             Ok(result) => result,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
@@ -567,22 +509,6 @@ async fn client_gone(io: &mut TcpStream, buf: &mut BytesMut, cap: usize) {
         }
     }
     std::future::pending().await
-}
-
-/// The guest's `Content-Length`: `Some(None)` when absent, `None` when invalid.
-fn declared_length(headers: &http::HeaderMap) -> Option<Option<u64>> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else {
-        return Some(None);
-    };
-    if values.next().is_some() {
-        return None;
-    }
-    let text = first.to_str().ok()?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok().map(Some)
 }
 
 fn into_request(head: RequestHead, body: Bytes) -> http::Request<Full<Bytes>> {

@@ -1,43 +1,19 @@
-//! WebSocket on a connection (RFC 6455): the opening handshake's checks,
-//! the `101`, then the session, with tungstenite doing the framing and the
-//! guest's `websocket` export handling whole messages.
-//!
-//! Close codes the host sends: 1001 when the client stayed silent past the
-//! idle timeout, 1002 on a protocol violation, 1007 on text that is not
-//! UTF-8, 1009 for a message over the size limit, 1011 when the guest
-//! traps or runs past its deadline.
+//! WebSocket over HTTP/1.1 (RFC 6455): the opening handshake's checks and
+//! the `101`; the session after it is the dispatch's
+//! ([`crate::dispatch::websocket`]), on the connection handed over.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt, StreamExt};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
-use tokio::time::timeout;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self, handshake::derive_accept_key};
-use tracing::{debug, info, warn};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tracing::{debug, warn};
 
 use super::conn::Conn;
 use super::role::{self, BodyKind, RequestHead};
-use std::sync::Arc;
-
-use crate::config::Limits;
-use crate::wasm::guest::Guest;
-use crate::wasm::websocket::{Message, Opened, Session, Upgrade};
+use crate::dispatch::websocket::Upgrade;
+use crate::dispatch::{Exchange, page};
 
 /// The one protocol version this server speaks (RFC 6455 §4.4).
 const VERSION: &str = "13";
-/// After sending a close frame, time the client has to answer it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes read and dropped after an aborted session, besides the rest of
-/// the message that caused it.
-const LINGER_SLACK: usize = 64 * 1024;
 
 /// Whether the request asks to switch to WebSocket.
 pub(crate) fn wants_upgrade(head: &RequestHead) -> bool {
@@ -138,25 +114,28 @@ fn encode_switch(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, date: 
 }
 
 impl Conn {
-    /// Answers a WebSocket upgrade and, if the guest accepts it, runs the
-    /// session until it closes. The connection ends with it.
-    pub(super) async fn websocket(
-        mut self,
-        head: RequestHead,
-        id: u64,
-        target: String,
-        guest: Arc<Guest>,
-    ) {
+    /// Answers a WebSocket upgrade and, if the guest accepts it, hands the
+    /// connection to the session, which ends with it.
+    pub(super) async fn websocket(mut self, head: RequestHead, exchange: Exchange) {
         let handshake = match check(&head) {
             Ok(handshake) => handshake,
             Err(err) => {
                 let (status, headers) = match err {
                     HandshakeError::Malformed(why) => {
-                        warn!(id, %target, cause = why, "bad WebSocket handshake");
+                        warn!(
+                            id = exchange.id,
+                            target = exchange.target(),
+                            cause = why,
+                            "bad WebSocket handshake"
+                        );
                         (StatusCode::BAD_REQUEST, HeaderMap::new())
                     }
                     HandshakeError::Version => {
-                        warn!(id, %target, "unsupported WebSocket version");
+                        warn!(
+                            id = exchange.id,
+                            target = exchange.target(),
+                            "unsupported WebSocket version"
+                        );
                         let mut headers = HeaderMap::new();
                         headers.insert(
                             header::SEC_WEBSOCKET_VERSION,
@@ -165,11 +144,11 @@ impl Conn {
                         (StatusCode::UPGRADE_REQUIRED, headers)
                     }
                 };
-                return self.reject(id, &target, status, headers).await;
+                return self.reject(exchange, page(status, headers)).await;
             }
         };
         let upgrade = Upgrade {
-            path_with_query: target.clone(),
+            path_with_query: exchange.target().to_owned(),
             protocols: handshake.protocols.clone(),
             headers: head
                 .headers
@@ -177,227 +156,35 @@ impl Conn {
                 .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
                 .collect(),
         };
-        let (session, protocol) = match guest.open_websocket(upgrade, id).await {
-            Ok(Opened::Accepted(session, protocol)) => (session, protocol),
-            Ok(Opened::Refused) => {
-                return self
-                    .reject(id, &target, StatusCode::NOT_FOUND, HeaderMap::new())
-                    .await;
-            }
-            Err(err) => {
-                warn!(id, %target, cause = %err, "guest failed to open a WebSocket session");
-                return self
-                    .reject(id, &target, err.status(), HeaderMap::new())
-                    .await;
-            }
+        let dispatch = self.dispatch.clone();
+        let switch = match dispatch.open_websocket(&exchange, upgrade).await {
+            Ok(switch) => switch,
+            Err(response) => return self.reject(exchange, response).await,
         };
-        if let Some(chosen) = &protocol
-            && !handshake.protocols.contains(chosen)
-        {
-            warn!(id, %target, protocol = %chosen, "guest chose a subprotocol the client did not offer");
-            let status = StatusCode::INTERNAL_SERVER_ERROR;
-            return self.reject(id, &target, status, HeaderMap::new()).await;
-        }
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         self.out.clear();
-        encode_switch(&mut self.out, &handshake.accept, protocol.as_deref(), &date);
-        if self.flush_out().await.is_err() {
-            debug!(id, "client went away during the WebSocket handshake");
+        encode_switch(&mut self.out, &handshake.accept, switch.protocol(), &date);
+        let Ok(sent) = self.flush_out().await else {
+            debug!(
+                id = exchange.id,
+                "client went away during the WebSocket handshake"
+            );
             return;
-        }
-        info!(target: "wasmhttpd::access", id, method = "GET", %target, status = 101, "WebSocket session opened");
-        self.shared
-            .metrics
-            .response(StatusCode::SWITCHING_PROTOCOLS, None);
-        let limits = self.shared.limits.clone();
-        let shutdown = self.shutdown_receiver();
+        };
         let (io, unread) = self.into_parts();
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limits.ws_max_message))
-            .max_frame_size(Some(limits.ws_max_message));
-        let ws = WebSocketStream::from_partially_read(io, unread, Role::Server, Some(config)).await;
-        let (code, reason, messages) = run(ws, session, &limits, shutdown, id).await;
-        info!(target: "wasmhttpd::access", id, %target, code, reason = %reason, messages, "WebSocket session closed");
+        switch.run(exchange, io, unread, sent).await;
     }
 
     /// Answers an upgrade that does not become a session, then closes.
-    async fn reject(mut self, id: u64, target: &str, status: StatusCode, headers: HeaderMap) {
-        if self
-            .write_plain(status, headers, Version::HTTP_11, false)
+    async fn reject(mut self, exchange: Exchange, response: crate::dispatch::Response) {
+        if let Ok(sent) = self
+            .write_rejection(response, &Method::GET, Version::HTTP_11)
             .await
-            .is_ok()
         {
-            info!(target: "wasmhttpd::access", id, method = "GET", %target, status = status.as_u16(), "WebSocket upgrade refused");
-            self.shared.metrics.response(status, None);
+            exchange.finish(sent.status, sent.bytes);
             self.close().await;
         }
     }
-}
-
-/// Runs a session: each client message to the guest, its replies back.
-/// Returns the close code and reason the session ended with, and how many
-/// messages the guest handled.
-async fn run(
-    mut ws: WebSocketStream<TcpStream>,
-    mut session: Session,
-    limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
-    id: u64,
-) -> (u16, String, u64) {
-    let mut handled = 0;
-    let (code, reason) = loop {
-        if *shutdown.borrow() {
-            break close(&mut ws, CloseCode::Away, "server shutting down").await;
-        }
-        let next = tokio::select! {
-            next = timeout(limits.ws_idle_timeout, ws.next()) => next,
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    // The server is gone.
-                    break close(&mut ws, CloseCode::Away, "server shutting down").await;
-                }
-                continue;
-            }
-        };
-        let frame = match next {
-            Err(_) => break close(&mut ws, CloseCode::Away, "idle timeout").await,
-            Ok(None) => break (1006, String::new()),
-            Ok(Some(Err(err))) => match err {
-                tungstenite::Error::Capacity(_) => {
-                    let limit = limits.ws_max_message;
-                    break abort(&mut ws, CloseCode::Size, "message too big", limit).await;
-                }
-                tungstenite::Error::Utf8(_) => {
-                    break abort(&mut ws, CloseCode::Invalid, "text is not UTF-8", 0).await;
-                }
-                // The client dropped the connection without a close frame.
-                tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-                    break (1006, String::new());
-                }
-                tungstenite::Error::Protocol(err) => {
-                    debug!(id, cause = %err, "WebSocket protocol error");
-                    break abort(&mut ws, CloseCode::Protocol, "protocol error", 0).await;
-                }
-                _ => break (1006, String::new()),
-            },
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let message = match frame {
-            tungstenite::Message::Text(text) => Message::Text(text.as_str().to_owned()),
-            tungstenite::Message::Binary(data) => Message::Binary(data.to_vec()),
-            tungstenite::Message::Close(frame) => {
-                // tungstenite has queued the echo of the client's close;
-                // reading on sends it and sees the end of the stream.
-                let (code, reason) = frame.map_or((1005, String::new()), |frame| {
-                    (u16::from(frame.code), frame.reason.as_str().to_owned())
-                });
-                drain(&mut ws).await;
-                break (code, reason);
-            }
-            // Pings are answered by tungstenite; pongs need nothing.
-            tungstenite::Message::Ping(_)
-            | tungstenite::Message::Pong(_)
-            | tungstenite::Message::Frame(_) => continue,
-        };
-        handled += 1;
-        let replies = match session.on_message(&message).await {
-            Ok(replies) => replies,
-            Err(err) => {
-                warn!(id, cause = %err, "WebSocket guest failed");
-                let (code, reason) = close(&mut ws, CloseCode::Error, "handler failed").await;
-                // The instance is not called again after a fault.
-                return (code, reason, handled);
-            }
-        };
-        if send(&mut ws, replies, limits.write_timeout).await.is_err() {
-            break (1006, String::new());
-        }
-    };
-    if let Err(err) = session.on_close(code, &reason).await {
-        warn!(id, cause = %err, "WebSocket guest failed in on-close");
-    }
-    (code, reason, handled)
-}
-
-/// Sends the guest's replies, in order, and flushes them.
-async fn send(
-    ws: &mut WebSocketStream<TcpStream>,
-    replies: Vec<Message>,
-    write_timeout: Duration,
-) -> Result<(), ()> {
-    let sending = async {
-        for reply in replies {
-            let frame = match reply {
-                Message::Text(text) => tungstenite::Message::text(text),
-                Message::Binary(data) => tungstenite::Message::binary(data),
-            };
-            ws.feed(frame).await?;
-        }
-        ws.flush().await
-    };
-    match timeout(write_timeout, sending).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
-    }
-}
-
-/// Starts the closing handshake with `code`, waits briefly for the
-/// client's answer, and returns what the session ended with.
-async fn close(
-    ws: &mut WebSocketStream<TcpStream>,
-    code: CloseCode,
-    reason: &str,
-) -> (u16, String) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await {
-        drain(ws).await;
-    }
-    (u16::from(code), reason.to_owned())
-}
-
-/// Closes after a frame the host could not take: the stream is out of step
-/// with the client's framing, so after the close frame the client's bytes
-/// are read raw and dropped (at most `unread` plus a little, for at most
-/// [`CLOSE_TIMEOUT`]). The client, still sending the rest of an oversized
-/// message, then reads the close instead of a reset.
-async fn abort(
-    ws: &mut WebSocketStream<TcpStream>,
-    code: CloseCode,
-    reason: &str,
-    unread: usize,
-) -> (u16, String) {
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
-    if let Ok(Ok(())) = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await {
-        let io = ws.get_mut();
-        let _ = io.shutdown().await;
-        let mut sink = vec![0; 64 * 1024];
-        let mut left = unread.saturating_add(LINGER_SLACK);
-        let _ = timeout(CLOSE_TIMEOUT, async {
-            while left > 0 {
-                match io.read(&mut sink).await {
-                    Ok(n) if n > 0 => left = left.saturating_sub(n),
-                    _ => break,
-                }
-            }
-        })
-        .await;
-    }
-    (u16::from(code), reason.to_owned())
-}
-
-/// Reads until the client's side of the close arrives, the stream ends, or
-/// [`CLOSE_TIMEOUT`] passes.
-async fn drain(ws: &mut WebSocketStream<TcpStream>) {
-    let _ = timeout(CLOSE_TIMEOUT, async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
 }
 
 #[cfg(test)]

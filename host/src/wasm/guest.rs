@@ -15,23 +15,22 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
 use super::output::{GuestOutput, Stream};
 use super::reuse::Reuse;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
-use crate::metrics::{Metrics, Open};
+use crate::metrics::{Fault, Metrics, Open};
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +78,15 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// The guest's own fault in this error, if it was one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            GuestError::Trap(_) => Some(Fault::Trap),
+            GuestError::Timeout => Some(Fault::Timeout),
+            _ => None,
+        }
+    }
+
     /// The status the client gets: 504 for a timeout, 503 when busy, 500
     /// otherwise.
     pub fn status(&self) -> http::StatusCode {
@@ -92,6 +100,20 @@ impl GuestError {
 
 /// A response whose body the guest may still be writing.
 pub type GuestResponse = http::Response<GuestBody>;
+
+/// A request's body as a guest reads it.
+pub type RequestBody = WasiBody;
+
+/// Why a guest's response body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The guest ended it with an error, or trapped while writing it.
+    #[error("guest body failed: {0:?}")]
+    Guest(wasmtime_wasi_http::Error),
+    /// The guest wrote nothing for the guest timeout.
+    #[error("guest stalled while writing its body")]
+    Stalled,
+}
 
 /// What every guest of a server shares, across routes and reloads: the
 /// engine, what an instance sees (web root, environment), its deadline,
@@ -170,6 +192,16 @@ impl GuestContext {
             max_websockets: self.max_websockets,
             metrics: self.metrics.clone(),
         }
+    }
+
+    /// Waits, up to the queue timeout, for one of the instances this
+    /// context may run at once: the one admission of every request.
+    async fn admit(&self) -> Result<OwnedSemaphorePermit, GuestError> {
+        let queued = Instant::now() + self.queue_timeout;
+        tokio::time::timeout_at(queued, self.instances.clone().acquire_owned())
+            .await
+            .map_err(|_| GuestError::Busy)?
+            .map_err(|_| GuestError::Busy)
     }
 
     /// Instances running a request now, from instantiation until the
@@ -270,7 +302,7 @@ impl Guest {
     /// from the guest as the caller polls it.
     pub async fn handle(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<RequestBody>,
         id: u64,
     ) -> Result<GuestResponse, GuestError> {
         let fault = FaultOnce::new(&self.ctx.metrics);
@@ -283,33 +315,44 @@ impl Guest {
 
     async fn dispatch(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<RequestBody>,
         id: u64,
         fault: &FaultOnce,
     ) -> Result<GuestResponse, GuestError> {
-        let queued = Instant::now() + self.ctx.queue_timeout;
-        let permit = tokio::time::timeout_at(queued, self.ctx.instances.clone().acquire_owned())
-            .await
-            .map_err(|_| GuestError::Busy)?
-            .expect("the instance semaphore is never closed");
+        let permit = self.ctx.admit().await?;
         let deadline = Instant::now() + self.ctx.timeout;
-        if let Some(reuse) = &self.reuse {
-            let response =
-                match tokio::time::timeout_at(deadline, reuse.handle(request, id, fault)).await {
-                    Ok(Ok(response)) => response,
-                    // The dispatcher ends an instance at the same deadline, and
-                    // the request may hear of that first, as a lost instance.
-                    Ok(Err(_)) if Instant::now() >= deadline => return Err(GuestError::Timeout),
-                    Ok(Err(err)) => return Err(err),
-                    Err(_) => return Err(GuestError::Timeout),
-                };
-            return Ok(response.map(|body| GuestBody {
-                body,
-                run: None,
-                _permit: Some(permit),
-            }));
-        }
+        let head = async {
+            match &self.reuse {
+                Some(reuse) => {
+                    let response = reuse.handle(request, id, fault).await?;
+                    Ok::<_, GuestError>((response, None, Some(permit)))
+                }
+                None => {
+                    let (response, run) = self.fresh(request, id, fault, deadline, permit).await?;
+                    Ok((response, run, None))
+                }
+            }
+        };
+        let (response, run, permit) = within(deadline, head).await?;
+        Ok(response.map(|body| GuestBody {
+            body,
+            run,
+            stall: Stall::new(self.ctx.timeout, fault),
+            _permit: permit,
+        }))
+    }
 
+    /// Runs `request` in a fresh instance until the guest sets its response
+    /// head; the instance, if still running, comes back with the response
+    /// to be polled with its body.
+    async fn fresh(
+        &self,
+        request: http::Request<RequestBody>,
+        id: u64,
+        fault: &FaultOnce,
+        deadline: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(http::Response<HyperOutgoingBody>, Option<RunningGuest>), GuestError> {
         let head_sent = Arc::new(AtomicBool::new(false));
         let mut store = self
             .ctx
@@ -346,25 +389,16 @@ impl Guest {
             result
         });
 
-        let first = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                biased;
-                head = &mut receiver => Ok(head),
-                done = &mut run => Err(done),
-            }
-        })
-        .await
-        .map_err(|_| GuestError::Timeout)?;
+        let first = tokio::select! {
+            biased;
+            head = &mut receiver => Ok(head),
+            done = &mut run => Err(done),
+        };
         let (head, run) = match first {
             Ok(Ok(head)) => (head, Some(run)),
             // The outparam was dropped unset: the guest is returning or
             // trapping.
-            Ok(Err(_)) => {
-                let done = tokio::time::timeout_at(deadline, run)
-                    .await
-                    .map_err(|_| GuestError::Timeout)?;
-                return Err(unanswered(done));
-            }
+            Ok(Err(_)) => return Err(unanswered(run.await)),
             // The guest returned (or trapped); it may have set its response
             // first.
             Err(done) => match receiver.try_recv() {
@@ -375,11 +409,7 @@ impl Guest {
         match head {
             Ok(response) => {
                 head_sent.store(true, Ordering::Relaxed);
-                Ok(response.map(|body| GuestBody {
-                    body,
-                    run,
-                    _permit: None,
-                }))
+                Ok((response, run))
             }
             Err(code) => Err(GuestError::ErrorCode(code)),
         }
@@ -432,6 +462,32 @@ pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
     }
 }
 
+impl From<wasmtime::Error> for GuestError {
+    fn from(err: wasmtime::Error) -> GuestError {
+        classify(err)
+    }
+}
+
+/// Runs `work`, a call into a guest (a request's head, a WebSocket
+/// session's call), until `deadline`: the one place a guest's deadline is
+/// kept while the host waits on it. The epoch callback interrupts a guest
+/// that computes past its deadline; this stops waiting on one that is
+/// blocked past it.
+pub(crate) async fn within<T, E: Into<GuestError>>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, GuestError> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(done)) => Ok(done),
+        // Work that fails at its deadline failed because of it: a reused
+        // instance is ended at the same deadline, and its request may hear
+        // of that first, as a lost instance.
+        Ok(Err(_)) if Instant::now() >= deadline => Err(GuestError::Timeout),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(GuestError::Timeout),
+    }
+}
+
 fn is_interrupt(err: &wasmtime::Error) -> bool {
     matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
 }
@@ -455,19 +511,21 @@ impl FaultOnce {
 
     /// Counts `err` unless a fault of this request was counted already.
     pub(crate) fn report(&self, err: &GuestError) {
-        if !self.reported.swap(true, Ordering::Relaxed) {
-            self.metrics.guest_failed(err);
+        if let Some(fault) = err.fault()
+            && !self.reported.swap(true, Ordering::Relaxed)
+        {
+            self.metrics.guest_fault(fault);
         }
     }
 
     /// Counts an error the guest's own call ended with.
     pub(super) fn report_trap(&self, err: &wasmtime::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
-            if is_interrupt(err) {
-                self.metrics.guest_timed_out();
+            self.metrics.guest_fault(if is_interrupt(err) {
+                Fault::Timeout
             } else {
-                self.metrics.guest_trapped();
-            }
+                Fault::Trap
+            });
         }
     }
 }
@@ -482,19 +540,51 @@ pub struct GuestBody {
     /// it has returned, and for a reused instance (which runs in the
     /// dispatcher's worker).
     run: Option<RunningGuest>,
+    /// The deadline of the piece of body being waited for.
+    stall: Stall,
     /// The instance admission a reused instance's request holds until its
     /// body is done.
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// The guest timeout for each piece of a response body: counted from the
+/// first time the host asks for a piece the guest has not written yet.
+struct Stall {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    fault: FaultOnce,
+}
+
+impl Stall {
+    fn new(timeout: Duration, fault: &FaultOnce) -> Stall {
+        Stall {
+            timeout,
+            sleep: None,
+            fault: fault.clone(),
+        }
+    }
+
+    /// Ready, with the fault counted, once the guest has written nothing
+    /// for its timeout since the host began to wait.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        self.fault.report(&GuestError::Timeout);
+        Poll::Ready(())
+    }
+}
+
 impl Body for GuestBody {
     type Data = Bytes;
-    type Error = wasmtime_wasi_http::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         // The guest writes the body as it runs; a fault it ends with was
         // reported by the run itself, and shows here as a body cut short.
         if let Some(run) = &mut self.run
@@ -502,7 +592,16 @@ impl Body for GuestBody {
         {
             self.run = None;
         }
-        Pin::new(&mut self.body).poll_frame(cx)
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.stall.sleep = None;
+                Poll::Ready(frame.map(|frame| frame.map_err(BodyError::Guest)))
+            }
+            Poll::Pending => {
+                std::task::ready!(self.stall.poll_expired(cx));
+                Poll::Ready(Some(Err(BodyError::Stalled)))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

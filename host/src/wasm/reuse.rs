@@ -14,8 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use wasmtime::StoreContextMut;
 use wasmtime::component::GuestTaskId;
 use wasmtime_wasi_http::WasiHttpView;
@@ -25,7 +23,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::guest::{FaultOnce, GuestContext, GuestError, GuestState, classify};
+use super::guest::{FaultOnce, GuestContext, GuestError, GuestState, RequestBody, classify};
 
 /// How long an idle instance is kept for the next request before it is
 /// dropped and its pool slot freed.
@@ -48,11 +46,10 @@ impl Reuse {
     /// guest has set its response head.
     pub(super) async fn handle(
         &self,
-        request: http::Request<Full<Bytes>>,
+        request: http::Request<RequestBody>,
         id: u64,
         fault: &FaultOnce,
     ) -> Result<handler::Response, GuestError> {
-        let request = request.map(|body| body.map_err(|never| match never {}).boxed_unsync());
         match self.handler.handle((id, fault.clone()), request).await {
             Ok(response) => Ok(response),
             Err(err) if err.is::<ExpirationError>() => Err(GuestError::Timeout),

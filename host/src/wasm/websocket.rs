@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
 
-use super::guest::{Guest, GuestError, GuestState, classify};
+use super::guest::{Guest, GuestError, GuestState, within};
 use crate::metrics::{Metrics, Open};
 
 mod bindings {
@@ -74,8 +74,8 @@ impl Guest {
     /// to `open`.
     pub async fn open_websocket(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
         let opened = self.open_session(upgrade, id).await;
-        if let Err(err) = &opened {
-            self.ctx.metrics.guest_failed(err);
+        if let Some(fault) = opened.as_ref().err().and_then(GuestError::fault) {
+            self.ctx.metrics.guest_fault(fault);
         }
         opened
     }
@@ -93,11 +93,7 @@ impl Guest {
             .ctx
             .new_store(deadline, Arc::new(AtomicBool::new(false)), id)
             .map_err(GuestError::Setup)?;
-        let handler = match timeout_at(deadline, pre.instantiate_async(&mut store)).await {
-            Ok(Ok(handler)) => handler,
-            Ok(Err(err)) => return Err(classify(err)),
-            Err(_) => return Err(GuestError::Timeout),
-        };
+        let handler = within(deadline, pre.instantiate_async(&mut store)).await?;
         let mut session = Session {
             store,
             handler,
@@ -111,11 +107,9 @@ impl Guest {
             .handler
             .wasmhttpd_guest_websocket()
             .call_open(&mut session.store, &upgrade);
-        match timeout_at(deadline, call).await {
-            Ok(Ok(Decision::Accept(protocol))) => Ok(Opened::Accepted(session, protocol)),
-            Ok(Ok(Decision::Refuse)) => Ok(Opened::Refused),
-            Ok(Err(err)) => Err(classify(err)),
-            Err(_) => Err(GuestError::Timeout),
+        match within(deadline, call).await? {
+            Decision::Accept(protocol) => Ok(Opened::Accepted(session, protocol)),
+            Decision::Refuse => Ok(Opened::Refused),
         }
     }
 }
@@ -136,11 +130,7 @@ impl Session {
             .handler
             .wasmhttpd_guest_websocket()
             .call_on_message(&mut self.store, message);
-        let result = match timeout_at(deadline, call).await {
-            Ok(Ok(replies)) => Ok(replies),
-            Ok(Err(err)) => Err(classify(err)),
-            Err(_) => Err(GuestError::Timeout),
-        };
+        let result = within(deadline, call).await;
         self.count(result)
     }
 
@@ -151,18 +141,14 @@ impl Session {
             self.handler
                 .wasmhttpd_guest_websocket()
                 .call_on_close(&mut self.store, code, reason);
-        let result = match timeout_at(deadline, call).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(classify(err)),
-            Err(_) => Err(GuestError::Timeout),
-        };
+        let result = within(deadline, call).await;
         self.count(result)
     }
 
     /// Counts a failed call in the metrics.
     fn count<T>(&self, result: Result<T, GuestError>) -> Result<T, GuestError> {
-        if let Err(err) = &result {
-            self.metrics.guest_failed(err);
+        if let Some(fault) = result.as_ref().err().and_then(GuestError::fault) {
+            self.metrics.guest_fault(fault);
         }
         result
     }

@@ -1,8 +1,6 @@
 //! Shared test harness: a real server on a loopback port, raw-socket
 //! clients that parse responses byte for byte, and web-root fixtures.
 
-#![allow(dead_code, missing_docs)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,8 +53,28 @@ pub struct TestServer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// The compiled-component cache every test server of a run shares, in the
+/// build tree: each guest is compiled once per engine configuration, not
+/// once per server. (The cache's own tests use directories of their own.)
+pub fn shared_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("wasmhttpd")
+}
+
+/// Replaces `path` the way a deploy does: write a temporary file beside
+/// it, then rename it over.
+pub fn deploy(component: &Path, path: &Path) {
+    let temp = path.with_extension("tmp");
+    std::fs::copy(component, &temp).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
 impl TestServer {
-    pub fn start(config: Config) -> TestServer {
+    /// Starts a server with `config`; one without a cache directory gets
+    /// the run's [`shared_cache`].
+    pub fn start(mut config: Config) -> TestServer {
+        if config.cache_dir.is_none() {
+            config.cache_dir = Some(shared_cache());
+        }
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -151,6 +169,12 @@ impl TestServer {
     /// Sends raw bytes on a new connection and reads one response.
     pub fn exchange(&self, request: &[u8]) -> Response {
         exchange_at(self.addr, request)
+    }
+
+    /// The status of `GET path` on a connection of its own.
+    pub fn status(&self, path: &str) -> u16 {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        self.exchange(request.as_bytes()).status
     }
 }
 

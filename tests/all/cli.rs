@@ -1,7 +1,7 @@
 //! The `wasmhttpd` binary as users run it, and the default guest under the
 //! real `wasmtime serve`.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use support::{WASMTIME_INSTALL, client, demo_root, fault_guest, get, required_tool};
+use crate::support::{WASMTIME_INSTALL, client, demo_root, fault_guest, get, required_tool};
 
 /// A child process killed when dropped.
 struct Running {
@@ -401,6 +401,49 @@ fn the_default_guest_runs_under_wasmtime_serve() {
 }
 
 #[test]
+fn help_names_each_setting_with_its_variable_and_default() {
+    let output = wasmhttpd().arg("--help").output().expect("run wasmhttpd");
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for text in [
+        "--guest-timeout <SECS>",
+        "WASMHTTPD_GUEST_TIMEOUT",
+        "--guest-memory <MIB>",
+        "[default: 64]",
+        "--max-requests-per-connection <N>",
+        "WASMHTTPD_MAX_REQUESTS_PER_CONNECTION",
+        "--listen <ADDR>",
+        "[default: 127.0.0.1:8080]",
+        "WASMHTTPD_NO_WATCH",
+        "guest-timeout, guest-memory, max-instances, reuse",
+    ] {
+        assert!(help.contains(text), "{text} in\n{help}");
+    }
+}
+
+#[test]
+fn a_value_is_checked_alike_as_a_flag_a_variable_and_a_route_option() {
+    let usage_error = |command: &mut Command| {
+        let output = command.output().expect("run wasmhttpd");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        stderr
+    };
+    let flag = usage_error(wasmhttpd().args(["--guest-memory", "1.5"]));
+    assert!(
+        flag.contains("--guest-memory") && flag.contains("takes MiB"),
+        "{flag}"
+    );
+    let variable = usage_error(wasmhttpd().env("WASMHTTPD_GUEST_MEMORY", "1.5"));
+    assert!(variable.contains("takes MiB"), "{variable}");
+    let route = usage_error(wasmhttpd().args(["--route", "/a=a.wasm,guest-memory=1.5"]));
+    assert!(
+        route.contains("guest-memory") && route.contains("takes MiB"),
+        "{route}"
+    );
+}
+
+#[test]
 fn a_guest_variable_that_is_not_set_is_a_usage_error() {
     let output = wasmhttpd()
         .env_remove("WASMHTTPD_NOT_SET_ANYWHERE")
@@ -530,6 +573,16 @@ fn the_guest_is_told_how_each_session_ended() {
         }))
         .unwrap();
     server.wait_for_log("on-close 4000 bye now");
+    // The session's access log line comes when it has ended.
+    let access = server.wait_for_log("close_code=4000");
+    for field in [
+        "wasmhttpd::access",
+        "status=101",
+        "target=/ws/echo",
+        "messages=0",
+    ] {
+        assert!(access.contains(field), "{field} in {access}");
+    }
     // A client that just goes away: 1006.
     let (socket, _) = tungstenite::connect(&url).unwrap();
     drop(socket);
@@ -642,16 +695,29 @@ route = ["/register=register.wasm"]
 env = ["WASMHTTPD_CACHE_CONTROL=max-age=5"]
 no-cache = true
 max-requests-per-connection = 2
+max-body = 4
 "#,
     )
     .unwrap();
-    // The command line's --listen wins over the file's unusable port.
+    // The command line's --listen wins over the environment's and the
+    // file's unusable port; the environment's body limit over the file's.
     let server = start(
         wasmhttpd()
+            .env("WASMHTTPD_LISTEN", "127.0.0.1:1")
+            .env("WASMHTTPD_MAX_BODY", "8")
             .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(&file),
         "listening on http://",
     );
+    let post = |body: &str| {
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        support::exchange_at(server.addr, request.as_bytes()).status
+    };
+    assert_eq!(post("sixsix"), 405, "within the environment's limit");
+    assert_eq!(post("ten bytes!"), 413, "past the environment's limit");
     let page = support::exchange_at(
         server.addr,
         b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
@@ -749,11 +815,22 @@ fn a_second_signal_exits_at_once() {
     );
     // A response that would run for minutes.
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(support::CLIENT_TIMEOUT))
+        .unwrap();
     std::io::Write::write_all(
         &mut stream,
         b"GET /stream?n=100000&ms=100 HTTP/1.1\r\nHost: t\r\n\r\n",
     )
     .unwrap();
+    // The head is out before the signal: the guest is streaming.
+    let mut stream = BufReader::new(stream);
+    assert!(
+        stream
+            .fill_buf()
+            .unwrap()
+            .starts_with(b"HTTP/1.1 200 OK\r\n")
+    );
     let term = || {
         let pid = server.child.id().to_string();
         assert!(
@@ -795,9 +872,18 @@ fn access_log_lines_name_the_client_route_and_outcome_in_json() {
         "\"route\":\"/\"",
         "\"status\":200",
         "\"peer\":\"127.0.0.1:",
+        "\"protocol\":\"HTTP/1.1\"",
+        "\"tls\":false",
         "\"bytes\":",
         "\"ms\":",
     ] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    // A request refused before its head was whole has its line too.
+    let refused = support::exchange_at(server.addr, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n");
+    assert_eq!(refused.status, 400);
+    let line = server.wait_for_log("\"status\":400");
+    for field in ["\"method\":\"-\"", "\"target\":\"-\"", "\"route\":\"-\""] {
         assert!(line.contains(field), "{field} in {line}");
     }
 }

@@ -1,14 +1,13 @@
 //! The Prometheus endpoint: its counters and gauges move as the server
 //! works, and it answers only what it serves.
 
-mod support;
+use crate::support;
 
 use std::io::{BufReader, Write};
-use std::path::Path;
 use std::time::Duration;
 
-use support::{
-    TestServer, demo_root, exchange_at, fault_guest, plain_guest, read_head, read_response,
+use crate::support::{
+    TestServer, demo_root, deploy, exchange_at, fault_guest, plain_guest, read_head, read_response,
     test_limits,
 };
 use wasmhttpd::{Config, GuestSource, Limits};
@@ -35,11 +34,6 @@ fn value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.parse().expect("a number"))
-}
-
-fn get(server: &TestServer, path: &str) -> u16 {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    exchange_at(server.addr, request.as_bytes()).status
 }
 
 /// Asks for `/trap-after-head`: the head arrives, then the connection
@@ -70,12 +64,6 @@ fn eventually_reads(server: &TestServer, name: &str, expected: f64) {
     }
 }
 
-fn deploy(component: &Path, path: &Path) {
-    let temp = path.with_extension("tmp");
-    std::fs::copy(component, &temp).unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
-
 #[test]
 fn counters_move_as_requests_are_made() {
     let dir = tempfile::tempdir().unwrap();
@@ -91,12 +79,12 @@ fn counters_move_as_requests_are_made() {
     });
     let before = scrape(&server);
     for _ in 0..3 {
-        assert_eq!(get(&server, "/ok"), 200);
+        assert_eq!(server.status("/ok"), 200);
     }
-    assert_eq!(get(&server, "/nothing-here"), 404);
-    assert_eq!(get(&server, "/trap"), 500);
-    assert_eq!(get(&server, "/loop"), 504);
-    assert_eq!(get(&server, "/sleep"), 504);
+    assert_eq!(server.status("/nothing-here"), 404);
+    assert_eq!(server.status("/trap"), 500);
+    assert_eq!(server.status("/loop"), 504);
+    assert_eq!(server.status("/sleep"), 504);
     let refused = exchange_at(
         server.addr,
         b"GET / HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n",
@@ -143,7 +131,7 @@ fn counters_move_as_requests_are_made() {
     std::fs::write(dir.path().join("garbage"), b"\0asm not a component").unwrap();
     deploy(&dir.path().join("garbage"), &guest);
     eventually_reads(&server, "wasmhttpd_reloads_total{result=\"failed\"}", 1.0);
-    assert_eq!(get(&server, "/ok"), 200, "the plain guest still serves");
+    assert_eq!(server.status("/ok"), 200, "the plain guest still serves");
 }
 
 #[test]
@@ -153,15 +141,15 @@ fn a_reused_instance_counts_each_trap_once_before_or_after_the_head() {
         ..test_limits()
     });
     let before = scrape(&server);
-    assert_eq!(get(&server, "/ok"), 200);
+    assert_eq!(server.status("/ok"), 200);
     // Seen by the request (500) and by the instance's end: counted once.
-    assert_eq!(get(&server, "/trap"), 500);
+    assert_eq!(server.status("/trap"), 500);
     // Seen only by the instance's end.
     trap_after_head(&server);
     let traps = value(&before, "wasmhttpd_guest_traps_total");
     eventually_reads(&server, "wasmhttpd_guest_traps_total", traps + 2.0);
     // Later requests on new instances count nothing more.
-    assert_eq!(get(&server, "/ok"), 200);
+    assert_eq!(server.status("/ok"), 200);
     assert_eq!(
         value(&scrape(&server), "wasmhttpd_guest_traps_total"),
         traps + 2.0

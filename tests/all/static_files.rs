@@ -1,13 +1,13 @@
 //! The default guest serving a web root: index pages, redirects, types,
 //! error pages, large and odd files, and traversal attempts.
 
-mod support;
+use crate::support;
 
 use std::io::{BufReader, Write};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use support::{TestServer, client, demo_root, get, noise, read_response};
+use crate::support::{TestServer, client, demo_root, get, noise, read_response};
 
 /// Bytes outside the web root that no request may ever return.
 const SECRET: &str = "TOP-SECRET-OUTSIDE-THE-ROOT";

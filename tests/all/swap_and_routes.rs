@@ -1,28 +1,21 @@
 //! Guests swapped while the server runs, and several guests mounted by
 //! path prefix.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
 
-use support::{TestServer, demo_root, exchange_at, fault_guest, plain_guest, test_limits};
+use crate::support::{
+    TestServer, demo_root, deploy, exchange_at, fault_guest, plain_guest, test_limits,
+};
 use wasmhttpd::{Config, GuestSource, Route};
 
 /// What `/ok` answers with under each of the two guests swapped below.
 const PLAIN_OK: &str = "plain GET /ok version=\n";
 const FAULT_OK: &str = "ok";
-
-/// Replaces `path` the way a deploy does: write a temporary file beside
-/// it, then rename it over.
-fn deploy(component: &Path, path: &Path) {
-    let temp = path.with_extension("tmp");
-    std::fs::copy(component, &temp).unwrap();
-    std::fs::rename(&temp, path).unwrap();
-}
 
 fn get_ok(server: &TestServer) -> support::Response {
     exchange_at(
@@ -153,7 +146,9 @@ fn a_request_in_flight_finishes_on_the_old_guest() {
         b"GET /stream?n=5&ms=100 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
-    thread::sleep(Duration::from_millis(50));
+    server.eventually("the old guest runs the request", |monitor| {
+        monitor.requests_running() == 1
+    });
     deploy(&plain_guest(), &guest);
     let mut reader = std::io::BufReader::new(stream);
     let response = support::read_response(&mut reader, false);
@@ -215,7 +210,22 @@ fn paths_outside_every_route_are_404() {
     });
     let response = exchange_at(server.addr, b"GET /index.html HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(response.status, 404);
-    assert_eq!(response.text(), "404 Not Found\n");
+    // The host's 404 is the page the default guest writes for a missing
+    // file (in a root without a 404.html of its own), with its headers.
+    let root = tempfile::tempdir().unwrap();
+    let guest = TestServer::static_files(root.path());
+    let guests = exchange_at(guest.addr, b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(guests.status, 404);
+    assert_eq!(response.text(), guests.text());
+    assert!(
+        response.text().contains("<h1>404 Not Found</h1>"),
+        "{}",
+        response.text()
+    );
+    for name in ["content-type", "x-content-type-options", "content-length"] {
+        assert_eq!(response.header(name), guests.header(name), "{name}");
+    }
+    assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
     let response = exchange_at(
         server.addr,
         b"GET /api/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

@@ -2,14 +2,16 @@
 //! pipelining, HTTP/1.0, HEAD, request bodies, streamed responses, the
 //! bad-input table, timeouts, and concurrency.
 
-mod support;
+use crate::support;
 
 use std::io::{BufReader, Read, Write};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use support::{Response, TestServer, assert_closed, client, demo_root, read_response, test_limits};
+use crate::support::{
+    Response, TestServer, assert_closed, client, demo_root, read_response, test_limits,
+};
 use wasmhttpd::Limits;
 
 /// The default guest on the demo site, shared by the tests in this file.
@@ -23,7 +25,7 @@ fn echo() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
     SERVER.get_or_init(|| {
         TestServer::faults(Limits {
-            max_body_bytes: 1 << 20,
+            max_body: 1 << 20,
             ..test_limits()
         })
     })
@@ -417,8 +419,13 @@ fn a_client_that_stops_reading_is_disconnected_after_the_write_timeout() {
     stream
         .write_all(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    // Not reading for four times the write timeout.
-    thread::sleep(Duration::from_secs(2));
+    // Not reading until the server has given up on the client.
+    server.eventually("the server writes to the client", |monitor| {
+        monitor.connections() == 1
+    });
+    server.eventually("the server drops the client", |monitor| {
+        monitor.connections() == 0
+    });
     let mut received = Vec::new();
     match stream.read_to_end(&mut received) {
         Ok(_) => {}

@@ -3,13 +3,13 @@
 //! never compressed. Every encoded body is decoded and compared byte for
 //! byte with the file.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::OnceLock;
 
-use support::{Response, TestServer, assert_head_matches_get, noise};
+use crate::support::{Response, TestServer, assert_head_matches_get, noise};
 
 /// Above the size the guest compresses in memory, so it streams.
 const STREAMED: usize = 3 * 1024 * 1024 + 77;

@@ -2,14 +2,14 @@
 //! get 504 at the deadline, traps and memory exhaustion get 500, and a
 //! guest that breaks its body after the head gets its connection closed.
 
-mod support;
+use crate::support;
 
 use std::io::{BufReader, Read, Write};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use support::{TestServer, assert_closed, client, get, read_response, test_limits};
+use crate::support::{TestServer, assert_closed, client, get, read_response, test_limits};
 use wasmhttpd::Limits;
 
 fn server() -> &'static TestServer {

@@ -2,14 +2,16 @@
 //! `websocket` export (with a real WebSocket client), and response bodies
 //! streamed as the guest writes them.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{TestServer, demo_root, fault_guest, noise, plain_guest, read_head, test_limits};
+use crate::support::{
+    TestServer, demo_root, fault_guest, noise, plain_guest, read_head, test_limits,
+};
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};

@@ -1,9 +1,7 @@
 //! The default guest configured through its environment (`--env`):
 //! `Cache-Control`, dotfiles, directory listings, and a bad value.
 
-mod support;
-
-use support::{Response, TestServer, assert_head_matches_get};
+use crate::support::{Response, TestServer, assert_head_matches_get};
 
 /// Bytes no response may contain unless dotfiles are enabled.
 const PRIVATE: &str = "PRIVATE-DOTFILE-CONTENT";

@@ -1,0 +1,18 @@
+//! The integration tests: one binary, a module per area, each talking to a
+//! real server over loopback sockets with raw bytes or real clients.
+//!
+//! One binary links wasmtime once, and the fixtures in [`support`] (the
+//! compiled guests' cache, shared test servers) are made once per run.
+
+mod support;
+
+mod bench;
+mod cli;
+mod compression;
+mod guest_faults;
+mod guest_settings;
+mod http1;
+mod long_connections;
+mod metrics;
+mod static_files;
+mod swap_and_routes;
