@@ -236,13 +236,15 @@ fn start_wasmhttpd_at(listen: &str, root: &str) -> Running {
 /// The binary with the fault guest on the demo root, logging warnings,
 /// the guest's output and the access log.
 fn start_fault_guest() -> Running {
+    start_fault_guest_logging("warn,wasmhttpd::guest=info,wasmhttpd::access=info")
+}
+
+/// The fault guest on the demo root, with `RUST_LOG` set to `filter`.
+fn start_fault_guest_logging(filter: &str) -> Running {
     let (root, guest) = (demo_root(), fault_guest());
     start(
         wasmhttpd()
-            .env(
-                "RUST_LOG",
-                "warn,wasmhttpd::guest=info,wasmhttpd::access=info",
-            )
+            .env("RUST_LOG", filter)
             .args(["--listen", "127.0.0.1:0", "--root"])
             .arg(root)
             .arg("--guest")
@@ -749,18 +751,7 @@ max-body = 4
 
 #[test]
 fn sigterm_lets_responses_finish_then_exits_zero() {
-    let cache = tempfile::tempdir().unwrap();
-    let root = demo_root();
-    let guest = fault_guest();
-    let mut server = start_logged(
-        cache.path(),
-        &[
-            "--root",
-            root.to_str().unwrap(),
-            "--guest",
-            guest.to_str().unwrap(),
-        ],
-    );
+    let mut server = start_fault_guest_logging("info");
     let connect = || {
         let stream = std::net::TcpStream::connect(server.addr).unwrap();
         stream
@@ -801,18 +792,7 @@ fn sigterm_lets_responses_finish_then_exits_zero() {
 
 #[test]
 fn a_second_signal_exits_at_once() {
-    let cache = tempfile::tempdir().unwrap();
-    let root = demo_root();
-    let guest = fault_guest();
-    let mut server = start_logged(
-        cache.path(),
-        &[
-            "--root",
-            root.to_str().unwrap(),
-            "--guest",
-            guest.to_str().unwrap(),
-        ],
-    );
+    let mut server = start_fault_guest_logging("info");
     // A response that would run for minutes.
     let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
     stream

@@ -283,7 +283,12 @@ fn a_fault_in_a_reused_instance_ends_that_instance_only() {
     let server = reusing(100);
     assert_eq!(count(&server), 1);
     assert_eq!(count(&server), 2);
-    for (fault, status) in [("/trap", 500), ("/loop", 504), ("/sleep", 504)] {
+    for (fault, status) in [
+        ("/trap", 500),
+        ("/loop", 504),
+        ("/sleep", 504),
+        ("/no-response", 500),
+    ] {
         let response = server.exchange(
             format!("GET {fault} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
         );
@@ -292,6 +297,20 @@ fn a_fault_in_a_reused_instance_ends_that_instance_only() {
         assert_eq!(count(&server), 1, "after {fault}");
         assert_eq!(count(&server), 2, "after {fault}");
     }
+}
+
+#[test]
+fn a_reused_instance_that_streamed_its_answer_serves_the_next_request() {
+    let server = reusing(100);
+    assert_eq!(count(&server), 1);
+    let response =
+        server.exchange(b"GET /stream?n=3&ms=20 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(response.text(), "chunk 0\nchunk 1\nchunk 2\n");
+    // Its admission ends once it is back in the pool.
+    server.eventually("the instance is back", |monitor| {
+        monitor.requests_running() == 0
+    });
+    assert_eq!(count(&server), 2, "the same instance");
 }
 
 #[test]

@@ -30,6 +30,7 @@ use bindings::wasi::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use bindings::wasi::io::streams::StreamError;
+use wasmhttpd_pages::escape;
 
 /// The largest form body this guest reads: a registration form is a few
 /// hundred bytes; 16 KiB leaves room for long names and notes.
@@ -177,21 +178,6 @@ fn page(title: &str, body: &str) -> String {
          <link rel=\"stylesheet\" href=\"/css/site.css\"></head>\n\
          <body>\n<main class=\"narrow\">\n<h1>{title}</h1>\n{body}\n</main>\n</body>\n</html>\n"
     )
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn send(

@@ -64,20 +64,13 @@ pub fn new_engine(limits: &Limits, routes: &[Route]) -> wasmtime::Result<Engine>
             .table_keep_resident(KEEP_RESIDENT);
     }
 
-    // Reusing instances goes through wasmtime-wasi-http's handler, which
-    // runs each instance's calls in the component model's concurrent event
-    // loop. Without reuse, that loop's bookkeeping (a task record around
-    // every call into the host) is left out of the engine altogether.
-    let reuse = routes
-        .iter()
-        .filter_map(|route| route.limits.reuse)
-        .any(|reuse| reuse > 1)
-        || limits.reuse > 1;
-
     let mut config = wasmtime::Config::new();
     config
         .epoch_interruption(true)
-        .concurrency_support(reuse)
+        // Requests run one call at a time per instance, fresh or reused:
+        // the component model's concurrent event loop, and its bookkeeping
+        // around every call into the host, is left out of the engine.
+        .concurrency_support(false)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     let engine = Engine::new(&config)?;
     spawn_epoch_ticker(engine.weak());

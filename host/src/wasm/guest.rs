@@ -27,7 +27,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
 use super::output::{GuestOutput, Stream};
-use super::reuse::Reuse;
+use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
 use crate::metrics::{Fault, Metrics, Open};
@@ -135,7 +135,7 @@ pub struct GuestContext {
     /// Whether `instances` is a route's own, not the server's.
     own_instances: bool,
     /// Open WebSocket sessions' share of the instance pool.
-    pub(super) websocket_slots: Arc<Semaphore>,
+    websocket_slots: Arc<Semaphore>,
     max_websockets: usize,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
@@ -204,6 +204,17 @@ impl GuestContext {
             .map_err(|_| GuestError::Busy)
     }
 
+    /// One of the WebSocket sessions this context may hold open, at once
+    /// or not at all: a session holds its instance for as long as the
+    /// client stays, so an upgrade past the limit gets 503 rather than a
+    /// wait.
+    pub(super) fn admit_session(&self) -> Result<OwnedSemaphorePermit, GuestError> {
+        self.websocket_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GuestError::Busy)
+    }
+
     /// Instances running a request now, from instantiation until the
     /// response body is done or abandoned.
     pub fn requests_running(&self) -> usize {
@@ -229,8 +240,8 @@ pub struct Guest {
     /// The WebSocket export, when the component has one.
     pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
     pub(super) ctx: Arc<GuestContext>,
-    /// The dispatcher that reuses instances, with `--reuse` above 1.
-    reuse: Option<Reuse>,
+    /// The idle instances of this version, with `--reuse` above 1.
+    pool: Option<Arc<Pool>>,
     /// The component's SHA-256.
     pub digest: Digest,
 }
@@ -281,13 +292,13 @@ impl Guest {
         let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
         let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
         let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
-        let reuse = (ctx.reuse > 1).then(|| Reuse::new(ctx.clone(), pre.clone(), ctx.reuse));
+        let pool = (ctx.reuse > 1).then(|| Pool::new(ctx.reuse));
         Ok(Loaded {
             guest: Guest {
                 pre,
                 websocket,
                 ctx: ctx.clone(),
-                reuse,
+                pool,
                 digest,
             },
             origin,
@@ -321,31 +332,22 @@ impl Guest {
     ) -> Result<GuestResponse, GuestError> {
         let permit = self.ctx.admit().await?;
         let deadline = Instant::now() + self.ctx.timeout;
-        let head = async {
-            match &self.reuse {
-                Some(reuse) => {
-                    let response = reuse.handle(request, id, fault).await?;
-                    Ok::<_, GuestError>((response, None, Some(permit)))
-                }
-                None => {
-                    let (response, run) = self.fresh(request, id, fault, deadline, permit).await?;
-                    Ok((response, run, None))
-                }
-            }
-        };
-        let (response, run, permit) = within(deadline, head).await?;
+        // The one deadline of a response head, fresh instance or reused.
+        let (response, run) =
+            within(deadline, self.start(request, id, fault, deadline, permit)).await?;
         Ok(response.map(|body| GuestBody {
             body,
             run,
             stall: Stall::new(self.ctx.timeout, fault),
-            _permit: permit,
+            pool: self.pool.clone(),
+            ended: false,
         }))
     }
 
-    /// Runs `request` in a fresh instance until the guest sets its response
-    /// head; the instance, if still running, comes back with the response
-    /// to be polled with its body.
-    async fn fresh(
+    /// Runs `request` in an instance, a fresh one or one from the pool,
+    /// until the guest sets its response head; the instance, if still
+    /// running, comes back with the response to be polled with its body.
+    async fn start(
         &self,
         request: http::Request<RequestBody>,
         id: u64,
@@ -353,11 +355,21 @@ impl Guest {
         deadline: Instant,
         permit: OwnedSemaphorePermit,
     ) -> Result<(http::Response<HyperOutgoingBody>, Option<RunningGuest>), GuestError> {
-        let head_sent = Arc::new(AtomicBool::new(false));
-        let mut store = self
-            .ctx
-            .new_store(deadline, head_sent.clone(), id)
-            .map_err(GuestError::Setup)?;
+        let answered = Arc::new(AtomicBool::new(false));
+        let (mut store, proxy, served) = match self.pool.as_ref().and_then(|pool| pool.take()) {
+            Some(idle) => {
+                let mut store = idle.store;
+                store.data_mut().arm(id, deadline, answered.clone());
+                (store, Some(idle.proxy), idle.served)
+            }
+            None => {
+                let store = self
+                    .ctx
+                    .new_store(deadline, answered.clone(), id)
+                    .map_err(GuestError::Setup)?;
+                (store, None, 0)
+            }
+        };
 
         let (sender, mut receiver) = oneshot::channel();
         let setup = |store: &mut Store<GuestState>| {
@@ -369,24 +381,36 @@ impl Guest {
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
         let pre = self.pre.clone();
         let fault = fault.clone();
+        let pooled = self.pool.is_some();
         // The instance runs inside the connection's task, polled with the
         // response's body: no task of its own, and no wake-up across
         // threads for each piece of the body.
         let mut run: RunningGuest = Box::pin(async move {
-            let _permit = permit;
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => pre.instantiate_async(&mut store).await?,
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, request, outparam)
                     .await
+                    .map(|()| proxy)
             }
             .await;
-            // A fault after the response head has no other witness.
-            if let Err(err) = &result {
-                fault.report_trap(err);
+            match result {
+                Ok(proxy) => Ok(pooled.then(|| Finished {
+                    store,
+                    proxy,
+                    served: served + 1,
+                    _permit: permit,
+                })),
+                // A fault after the response head has no other witness.
+                Err(err) => {
+                    fault.report_trap(&err);
+                    Err(err)
+                }
             }
-            result
         });
 
         let first = tokio::select! {
@@ -402,24 +426,54 @@ impl Guest {
             // The guest returned (or trapped); it may have set its response
             // first.
             Err(done) => match receiver.try_recv() {
-                Ok(head) => (head, None),
+                Ok(head) => {
+                    // A fault after the head was reported by the run, and
+                    // shows as a body cut short.
+                    if let Ok(finished) = done {
+                        self.settle(finished, head.is_ok());
+                    }
+                    (head, None)
+                }
                 Err(_) => return Err(unanswered(done)),
             },
         };
         match head {
             Ok(response) => {
-                head_sent.store(true, Ordering::Relaxed);
+                answered.store(true, Ordering::Relaxed);
                 Ok((response, run))
             }
             Err(code) => Err(GuestError::ErrorCode(code)),
         }
     }
+
+    /// Gives a reused instance whose call returned back to the pool, if
+    /// it `answered` its request.
+    fn settle(&self, finished: Option<Finished>, answered: bool) {
+        settle(self.pool.as_deref(), finished, answered);
+    }
+}
+
+/// Gives `finished` back to `pool` if it answered its request; its
+/// admission ends after that, so a request admitted next can have it.
+fn settle(pool: Option<&Pool>, finished: Option<Finished>, answered: bool) {
+    if let (Some(pool), Some(finished), true) = (pool, finished, answered) {
+        pool.give_back(finished.store, finished.proxy, finished.served);
+    }
+}
+
+/// A reused instance whose call returned, the requests it has served, and
+/// its request's admission.
+struct Finished {
+    store: Store<GuestState>,
+    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    served: usize,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Why a guest whose call ended with `done` left its request unanswered.
-fn unanswered(done: wasmtime::Result<()>) -> GuestError {
+fn unanswered<T>(done: wasmtime::Result<T>) -> GuestError {
     match done {
-        Ok(()) => GuestError::NoResponse,
+        Ok(_) => GuestError::NoResponse,
         Err(err) => classify(err),
     }
 }
@@ -530,21 +584,57 @@ impl FaultOnce {
     }
 }
 
-/// A fresh instance handling one request, until its call returns.
-type RunningGuest = Pin<Box<dyn Future<Output = wasmtime::Result<()>> + Send>>;
+/// An instance handling one request, until its call returns; then a
+/// reused instance comes back to be given to the pool.
+type RunningGuest = Pin<Box<dyn Future<Output = wasmtime::Result<Option<Finished>>> + Send>>;
 
-/// The body of a guest response; dropping it stops the guest.
+/// The body of a guest response; dropping it stops the guest, unless
+/// the body has ended and only the guest's return is left.
 pub struct GuestBody {
     body: HyperOutgoingBody,
-    /// A fresh instance still running, polled with the body; `None` once
-    /// it has returned, and for a reused instance (which runs in the
-    /// dispatcher's worker).
+    /// The instance still running, polled with the body; `None` once its
+    /// call has returned.
     run: Option<RunningGuest>,
     /// The deadline of the piece of body being waited for.
     stall: Stall,
-    /// The instance admission a reused instance's request holds until its
-    /// body is done.
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Where a reused instance goes back once its call returns.
+    pool: Option<Arc<Pool>>,
+    /// Whether the body has ended.
+    ended: bool,
+}
+
+impl GuestBody {
+    /// Polls the instance's call, giving a reused instance back to its
+    /// pool when it returns.
+    fn poll_run(&mut self, cx: &mut Context<'_>) {
+        if let Some(run) = &mut self.run
+            && let Poll::Ready(done) = run.as_mut().poll(cx)
+        {
+            self.run = None;
+            // A fault it ended with was reported by the run itself, and
+            // shows in the body as an end cut short.
+            settle(self.pool.as_deref(), done.ok().flatten(), true);
+        }
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        // A reused instance whose body has ended is left to return from its
+        // call, within its timeout, and then goes back to the pool.
+        let (Some(run), Some(pool), true) = (self.run.take(), self.pool.take(), self.ended) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let timeout = self.stall.timeout;
+        runtime.spawn(async move {
+            if let Ok(Ok(finished)) = tokio::time::timeout(timeout, run).await {
+                settle(Some(&pool), finished, true);
+            }
+        });
+    }
 }
 
 /// The guest timeout for each piece of a response body: counted from the
@@ -585,16 +675,16 @@ impl Body for GuestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        // The guest writes the body as it runs; a fault it ends with was
-        // reported by the run itself, and shows here as a body cut short.
-        if let Some(run) = &mut self.run
-            && run.as_mut().poll(cx).is_ready()
-        {
-            self.run = None;
-        }
+        // The guest writes the body as it runs.
+        self.poll_run(cx);
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 self.stall.sleep = None;
+                if frame.is_none() {
+                    self.ended = true;
+                    // Most guests return as they end their body.
+                    self.poll_run(cx);
+                }
                 Poll::Ready(frame.map(|frame| frame.map_err(BodyError::Guest)))
             }
             Poll::Pending => {
@@ -629,9 +719,6 @@ pub(crate) struct GuestState {
     /// The id of the request (or WebSocket session) the instance serves,
     /// which its output is logged with.
     pub(crate) request: Arc<AtomicU64>,
-    /// The fault count of the request a reused instance serves, for a
-    /// trap that ends the instance after the response head was sent.
-    pub(super) fault: Option<FaultOnce>,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
@@ -664,9 +751,19 @@ impl GuestState {
             lifted,
             limits: StoreLimits::default(),
             request,
-            fault: None,
             _live: live,
         })
+    }
+}
+
+impl GuestState {
+    /// Readies a reused instance's state for request `id`: its output is
+    /// logged with that id, and it is interrupted past `deadline` until
+    /// `lifted` is set.
+    fn arm(&mut self, id: u64, deadline: Instant, lifted: Arc<AtomicBool>) {
+        self.request.store(id, Ordering::Relaxed);
+        self.deadline = deadline;
+        self.lifted = lifted;
     }
 }
 

@@ -82,12 +82,7 @@ impl Guest {
 
     async fn open_session(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
         let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
-        let slot = self
-            .ctx
-            .websocket_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| GuestError::Busy)?;
+        let slot = self.ctx.admit_session()?;
         let deadline = Instant::now() + self.ctx.timeout;
         let mut store = self
             .ctx
