@@ -1,8 +1,8 @@
 //! Server configuration: the web root, the guests and their routes, and
 //! every limit. Each setting is declared once, in [`Startup`] or
 //! [`Limits`] (and, when a route may set it for itself, [`RouteLimits`]),
-//! by [`setting::settings!`]; its flag, environment variable, file key and
-//! route option all come from that declaration. [`file`] reads the
+//! by `setting::settings!`; its flag, environment variable, file key and
+//! route option all come from that declaration. [`file`](mod@file) reads the
 //! optional configuration file.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

@@ -234,7 +234,7 @@ impl Server {
     /// Accepts and serves connections until `shutdown` completes, then
     /// shuts down gracefully: the listener closes (new connections are
     /// refused), idle connections close, and responses in progress get up
-    /// to [`Limits::shutdown_grace`] to finish. Returns when they have, or
+    /// to [`Limits::shutdown_grace`](crate::Limits::shutdown_grace) to finish. Returns when they have, or
     /// when the grace period is over.
     pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         // Stops, with the watching, when the server stops.

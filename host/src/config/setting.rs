@@ -1,4 +1,4 @@
-//! One declaration per setting: [`settings!`] turns a list of fields, each
+//! One declaration per setting: `settings!` turns a list of fields, each
 //! with its doc comment, its [`Unit`] and its default, into the struct the
 //! server reads, its `Default`, its command-line flags (`--guest-timeout`,
 //! with the doc as `--help` and the default shown there), its environment
@@ -129,6 +129,10 @@ impl Setting {
     }
 }
 
+/// Where `settings!` puts each setting's [`Setting`], apart from the
+/// struct's fields of the same names.
+pub(crate) struct Declared<T>(PhantomData<T>);
+
 /// Declares a group of settings: the struct, its `Default`, and its
 /// flags, environment variables and file keys; with a second struct, the
 /// settings a route may set for itself, as that struct of overrides.
@@ -176,8 +180,9 @@ macro_rules! settings {
             }
         }
 
+        // Each setting's declaration, named as its field.
         #[allow(non_upper_case_globals)]
-        impl $name {
+        impl $crate::config::setting::Declared<$name> {
             $(
                 const $field: $crate::config::setting::Setting = $crate::config::setting::Setting {
                     field: stringify!($field),
@@ -192,19 +197,21 @@ macro_rules! settings {
                     per_route: true,
                 };
             )*)?
+        }
 
+        impl $name {
             /// Every setting of the group, in the order declared.
             pub const SETTINGS: &'static [$crate::config::setting::Setting] = &[
-                $( Self::$field, )*
-                $($( Self::$route_field, )*)?
+                $( $crate::config::setting::Declared::<$name>::$field, )*
+                $($( $crate::config::setting::Declared::<$name>::$route_field, )*)?
             ];
 
             /// The command-line flags, each showing its default in `--help`.
             pub fn args() -> Vec<clap::Arg> {
                 let defaults = Self::default();
                 vec![
-                    $( Self::$field.arg::<$unit>(&defaults.$field), )*
-                    $($( Self::$route_field.arg::<$route_unit>(&defaults.$route_field), )*)?
+                    $( $crate::config::setting::Declared::<$name>::$field.arg::<$unit>(&defaults.$field), )*
+                    $($( $crate::config::setting::Declared::<$name>::$route_field.arg::<$route_unit>(&defaults.$route_field), )*)?
                 ]
             }
 
@@ -214,12 +221,12 @@ macro_rules! settings {
                 file: &$crate::config::file::ConfigFile,
             ) -> Result<(), String> {
                 $(
-                    if let Some(value) = Self::$field.from_file::<$unit>(file)? {
+                    if let Some(value) = $crate::config::setting::Declared::<$name>::$field.from_file::<$unit>(file)? {
                         self.$field = value;
                     }
                 )*
                 $($(
-                    if let Some(value) = Self::$route_field.from_file::<$route_unit>(file)? {
+                    if let Some(value) = $crate::config::setting::Declared::<$name>::$route_field.from_file::<$route_unit>(file)? {
                         self.$route_field = value;
                     }
                 )*)?
@@ -230,12 +237,12 @@ macro_rules! settings {
             /// which win over the file's.
             pub fn read_flags(&mut self, matches: &clap::ArgMatches) {
                 $(
-                    if let Some(value) = Self::$field.given::<$unit>(matches) {
+                    if let Some(value) = $crate::config::setting::Declared::<$name>::$field.given::<$unit>(matches) {
                         self.$field = value;
                     }
                 )*
                 $($(
-                    if let Some(value) = Self::$route_field.given::<$route_unit>(matches) {
+                    if let Some(value) = $crate::config::setting::Declared::<$name>::$route_field.given::<$route_unit>(matches) {
                         self.$route_field = value;
                     }
                 )*)?
@@ -252,7 +259,7 @@ macro_rules! settings {
             impl $route {
                 /// The options a route takes, as `key=value` after its file.
                 pub fn keys() -> Vec<String> {
-                    vec![$( $name::$route_field.key(), )*]
+                    vec![$( $crate::config::setting::Declared::<$name>::$route_field.key(), )*]
                 }
 
                 /// Parses `key=value` options (`guest-timeout=5`), as
@@ -266,9 +273,9 @@ macro_rules! settings {
                             .split_once('=')
                             .ok_or_else(|| format!("route setting {option:?} is not key=value"))?;
                         match key {
-                            $( key if key == $name::$route_field.key() => {
+                            $( key if key == $crate::config::setting::Declared::<$name>::$route_field.key() => {
                                 route.$route_field =
-                                    Some($name::$route_field.parse::<$route_unit>(value)?);
+                                    Some($crate::config::setting::Declared::<$name>::$route_field.parse::<$route_unit>(value)?);
                             } )*
                             _ => {
                                 return Err(format!(

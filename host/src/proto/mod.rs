@@ -9,8 +9,12 @@
 //! - [`decode`]: request bodies (`chunked`).
 //! - [`encode`]: response bodies (length, chunked, close-delimited).
 //! - [`error`]: what can go wrong, and the status each kind is answered with.
-//! - [`conn`]: the per-connection loop: keep-alive, pipelining, timeouts.
-//! - `websocket`: upgrades to WebSocket and the sessions after them.
+//! - `conn`: the per-connection loop: keep-alive, pipelining, timeouts,
+//!   and the framing of the responses the dispatch gives it.
+//! - `websocket`: the HTTP/1.1 opening handshake and its `101`; the
+//!   session after it is the dispatch's.
+//!
+//! Each request goes to [`crate::dispatch`]; nothing here calls a guest.
 
 pub use wasmhttpd_h1::{decode, encode, error, reader, role};
 

@@ -1,10 +1,14 @@
 //! Loading a guest component and running one request through it.
 //!
-//! Every request gets a fresh instance from the pre-instantiated component
-//! (pooling allocator: a slot reuse, not an allocation), a WASI context
-//! with the web root preopened read-only at `/`, and a deadline: the guest
-//! has [`Limits::guest_timeout`] to produce its response head. Faults are
-//! mapped to a [`GuestError`] for that request only.
+//! Every request is admitted (`GuestContext::admit`: one of the
+//! instances the route may run at once, within the queue timeout), then
+//! gets a fresh instance from the pre-instantiated component (pooling
+//! allocator: a slot reuse, not an allocation) or, with reuse, an idle one
+//! from its version's pool, with the web root preopened read-only at `/`.
+//! The guest has [`Limits::guest_timeout`] to produce its response head
+//! (`within`, the one deadline of every call into a guest) and then
+//! each piece of its body ([`GuestBody`]). Faults are mapped to a
+//! [`GuestError`] for that request only.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

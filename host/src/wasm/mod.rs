@@ -1,7 +1,9 @@
 //! The WebAssembly side: the engine, the compiled-component cache, loading
 //! a guest component and swapping in new versions, running one request
-//! through a fresh instance of it, and WebSocket sessions in an instance
-//! of their own. A guest's stdout and stderr become log lines.
+//! through a fresh instance of it (or one from its pool, with reuse), and
+//! WebSocket sessions in an instance of their own. Admission and the
+//! guest's deadlines are kept here, for all of them. A guest's stdout and
+//! stderr become log lines.
 //!
 //! It meets the HTTP side at `http::Request` / `http::Response`, and at
 //! whole WebSocket messages.
