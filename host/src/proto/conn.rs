@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +28,8 @@ use super::reader::{ReadLimits, RequestReader};
 use super::role::{self, Framing, RequestHead};
 use super::websocket;
 use crate::config::Limits;
-use crate::dispatch::{self, Connection, Dispatch, Response};
+use crate::dispatch::websocket::Upgrade;
+use crate::dispatch::{self, Connection, Dispatch, Exchange, Response};
 use crate::wasm::guest::BodyError;
 
 /// Read buffer reserved ahead of each read.
@@ -42,9 +43,9 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
 /// What was sent for one request, for the access log.
-pub(super) struct Sent {
-    pub(super) status: StatusCode,
-    pub(super) bytes: u64,
+struct Sent {
+    status: StatusCode,
+    bytes: u64,
     keep_alive: bool,
 }
 
@@ -52,12 +53,12 @@ pub(super) struct Sent {
 pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    pub(super) out: Vec<u8>,
-    pub(super) dispatch: Arc<Dispatch>,
+    out: Vec<u8>,
+    dispatch: Arc<Dispatch>,
     /// Turns the bytes in `buf` into request heads and bodies.
     reader: RequestReader,
     /// The client's and the server's addresses.
-    pub(super) conn: Connection,
+    conn: Connection,
     /// Requests answered so far.
     served: u64,
     /// Becomes true when the server shuts down: the connection then ends
@@ -162,6 +163,78 @@ impl Conn {
             if !sent.keep_alive {
                 return self.close().await;
             }
+        }
+    }
+
+    /// Answers a WebSocket upgrade and, if the guest accepts it, hands the
+    /// connection to the session, which ends with it.
+    async fn websocket(mut self, head: RequestHead, exchange: Exchange) {
+        let handshake = match websocket::check(&head) {
+            Ok(handshake) => handshake,
+            Err(err) => {
+                let (status, headers) = match err {
+                    websocket::HandshakeError::Malformed(why) => {
+                        warn!(
+                            id = exchange.id,
+                            target = exchange.target(),
+                            cause = why,
+                            "bad WebSocket handshake"
+                        );
+                        (StatusCode::BAD_REQUEST, HeaderMap::new())
+                    }
+                    websocket::HandshakeError::Version => {
+                        warn!(
+                            id = exchange.id,
+                            target = exchange.target(),
+                            "unsupported WebSocket version"
+                        );
+                        let mut headers = HeaderMap::new();
+                        headers.insert(
+                            header::SEC_WEBSOCKET_VERSION,
+                            HeaderValue::from_static(websocket::VERSION),
+                        );
+                        (StatusCode::UPGRADE_REQUIRED, headers)
+                    }
+                };
+                return self.reject(exchange, dispatch::page(status, headers)).await;
+            }
+        };
+        let upgrade = Upgrade {
+            path_with_query: exchange.target().to_owned(),
+            protocols: handshake.protocols.clone(),
+            headers: head
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect(),
+        };
+        let dispatch = self.dispatch.clone();
+        let switch = match dispatch.open_websocket(&exchange, upgrade).await {
+            Ok(switch) => switch,
+            Err(response) => return self.reject(exchange, response).await,
+        };
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        self.out.clear();
+        websocket::encode_switch(&mut self.out, &handshake.accept, switch.protocol(), &date);
+        let Ok(sent) = self.flush_out().await else {
+            debug!(
+                id = exchange.id,
+                "client went away during the WebSocket handshake"
+            );
+            return;
+        };
+        let (io, unread) = self.into_parts();
+        switch.run(exchange, io, unread, sent).await;
+    }
+
+    /// Answers an upgrade that does not become a session, then closes.
+    async fn reject(mut self, exchange: Exchange, response: Response) {
+        if let Ok(sent) = self
+            .write_rejection(response, &Method::GET, Version::HTTP_11)
+            .await
+        {
+            exchange.finish(sent.status, sent.bytes);
+            self.close().await;
         }
     }
 
@@ -282,7 +355,7 @@ impl Conn {
     }
 
     /// Writes a response, streaming its body as the guest writes it.
-    pub(super) async fn write_response(
+    async fn write_response(
         &mut self,
         response: Response,
         method: &Method,
@@ -421,7 +494,7 @@ impl Conn {
     }
 
     /// Writes a response that ends the connection.
-    pub(super) async fn write_rejection(
+    async fn write_rejection(
         &mut self,
         response: Response,
         method: &Method,
@@ -455,7 +528,7 @@ impl Conn {
     /// Closes the connection: sends FIN, then drains what the client still
     /// sends for a moment, so unread request bytes do not turn the close
     /// into a reset that destroys the response before the client reads it.
-    pub(super) async fn close(mut self) {
+    async fn close(mut self) {
         let _ = self.io.shutdown().await;
         let mut sink = vec![0; READ_CHUNK];
         let mut drained = 0;
@@ -470,12 +543,12 @@ impl Conn {
 
     /// The socket and the bytes read from it but not yet consumed, for a
     /// protocol that takes the connection over.
-    pub(super) fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    fn into_parts(self) -> (TcpStream, Vec<u8>) {
         (self.io, self.buf.to_vec())
     }
 
     /// Writes out the pending output buffer; returns how many bytes went out.
-    pub(super) async fn flush_out(&mut self) -> std::io::Result<u64> {
+    async fn flush_out(&mut self) -> std::io::Result<u64> {
         let out = std::mem::take(&mut self.out);
         let result = self.write_all_buf(&out).await;
         let written = out.len() as u64;

@@ -1,19 +1,16 @@
 //! WebSocket over HTTP/1.1 (RFC 6455): the opening handshake's checks and
-//! the `101`; the session after it is the dispatch's
+//! the `101`, without I/O; the connection loop answers with them, and the
+//! session after the `101` is the dispatch's
 //! ([`crate::dispatch::websocket`]), on the connection handed over.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Version};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tracing::{debug, warn};
 
-use super::conn::Conn;
 use super::role::{self, BodyKind, RequestHead};
-use crate::dispatch::websocket::Upgrade;
-use crate::dispatch::{Exchange, page};
 
 /// The one protocol version this server speaks (RFC 6455 §4.4).
-const VERSION: &str = "13";
+pub(crate) const VERSION: &str = "13";
 
 /// Whether the request asks to switch to WebSocket.
 pub(crate) fn wants_upgrade(head: &RequestHead) -> bool {
@@ -97,7 +94,7 @@ fn is_nonce(key: &str) -> bool {
 }
 
 /// `101 Switching Protocols`.
-fn encode_switch(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, date: &str) {
+pub(crate) fn encode_switch(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, date: &str) {
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
     out.extend_from_slice(b"upgrade: websocket\r\nconnection: upgrade\r\n");
     for (name, value) in [
@@ -111,80 +108,6 @@ fn encode_switch(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, date: 
         }
     }
     out.extend_from_slice(b"\r\n");
-}
-
-impl Conn {
-    /// Answers a WebSocket upgrade and, if the guest accepts it, hands the
-    /// connection to the session, which ends with it.
-    pub(super) async fn websocket(mut self, head: RequestHead, exchange: Exchange) {
-        let handshake = match check(&head) {
-            Ok(handshake) => handshake,
-            Err(err) => {
-                let (status, headers) = match err {
-                    HandshakeError::Malformed(why) => {
-                        warn!(
-                            id = exchange.id,
-                            target = exchange.target(),
-                            cause = why,
-                            "bad WebSocket handshake"
-                        );
-                        (StatusCode::BAD_REQUEST, HeaderMap::new())
-                    }
-                    HandshakeError::Version => {
-                        warn!(
-                            id = exchange.id,
-                            target = exchange.target(),
-                            "unsupported WebSocket version"
-                        );
-                        let mut headers = HeaderMap::new();
-                        headers.insert(
-                            header::SEC_WEBSOCKET_VERSION,
-                            HeaderValue::from_static(VERSION),
-                        );
-                        (StatusCode::UPGRADE_REQUIRED, headers)
-                    }
-                };
-                return self.reject(exchange, page(status, headers)).await;
-            }
-        };
-        let upgrade = Upgrade {
-            path_with_query: exchange.target().to_owned(),
-            protocols: handshake.protocols.clone(),
-            headers: head
-                .headers
-                .iter()
-                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-                .collect(),
-        };
-        let dispatch = self.dispatch.clone();
-        let switch = match dispatch.open_websocket(&exchange, upgrade).await {
-            Ok(switch) => switch,
-            Err(response) => return self.reject(exchange, response).await,
-        };
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        self.out.clear();
-        encode_switch(&mut self.out, &handshake.accept, switch.protocol(), &date);
-        let Ok(sent) = self.flush_out().await else {
-            debug!(
-                id = exchange.id,
-                "client went away during the WebSocket handshake"
-            );
-            return;
-        };
-        let (io, unread) = self.into_parts();
-        switch.run(exchange, io, unread, sent).await;
-    }
-
-    /// Answers an upgrade that does not become a session, then closes.
-    async fn reject(mut self, exchange: Exchange, response: crate::dispatch::Response) {
-        if let Ok(sent) = self
-            .write_rejection(response, &Method::GET, Version::HTTP_11)
-            .await
-        {
-            exchange.finish(sent.status, sent.bytes);
-            self.close().await;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use tokio::time::{Instant, Sleep};
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -245,7 +245,7 @@ pub struct Guest {
     pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
     pub(super) ctx: Arc<GuestContext>,
     /// The idle instances of this version, with `--reuse` above 1.
-    pool: Option<Arc<Pool>>,
+    pool: Option<Arc<Instances>>,
     /// The component's SHA-256.
     pub digest: Digest,
 }
@@ -362,9 +362,9 @@ impl Guest {
         let answered = Arc::new(AtomicBool::new(false));
         let (mut store, proxy, served) = match self.pool.as_ref().and_then(|pool| pool.take()) {
             Some(idle) => {
-                let mut store = idle.store;
+                let (mut store, proxy) = idle.instance;
                 store.data_mut().arm(id, deadline, answered.clone());
-                (store, Some(idle.proxy), idle.served)
+                (store, Some(proxy), idle.served)
             }
             None => {
                 let store = self
@@ -459,17 +459,20 @@ impl Guest {
 
 /// Gives `finished` back to `pool` if it answered its request; its
 /// admission ends after that, so a request admitted next can have it.
-fn settle(pool: Option<&Pool>, finished: Option<Finished>, answered: bool) {
+fn settle(pool: Option<&Instances>, finished: Option<Finished>, answered: bool) {
     if let (Some(pool), Some(finished), true) = (pool, finished, answered) {
-        pool.give_back(finished.store, finished.proxy, finished.served);
+        pool.give_back((finished.store, finished.proxy), finished.served);
     }
 }
+
+/// A pool of idle instances: each a store and its instance's bindings.
+type Instances = Pool<(Store<GuestState>, Proxy)>;
 
 /// A reused instance whose call returned, the requests it has served, and
 /// its request's admission.
 struct Finished {
     store: Store<GuestState>,
-    proxy: wasmtime_wasi_http::p2::bindings::Proxy,
+    proxy: Proxy,
     served: usize,
     _permit: OwnedSemaphorePermit,
 }
@@ -602,7 +605,7 @@ pub struct GuestBody {
     /// The deadline of the piece of body being waited for.
     stall: Stall,
     /// Where a reused instance goes back once its call returns.
-    pool: Option<Arc<Pool>>,
+    pool: Option<Arc<Instances>>,
     /// Whether the body has ended.
     ended: bool,
 }

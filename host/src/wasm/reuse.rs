@@ -19,36 +19,31 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use wasmtime::Store;
-use wasmtime_wasi_http::p2::bindings::Proxy;
-
-use super::guest::GuestState;
 
 /// How long an idle instance is kept for the next request before it is
 /// dropped and its pool slot freed.
 pub(super) const IDLE_INSTANCE: Duration = Duration::from_secs(1);
 
-/// An instance between requests.
-pub(super) struct Idle {
-    pub(super) store: Store<GuestState>,
-    pub(super) proxy: Proxy,
-    /// Requests it has served.
+/// An instance between requests (its store and the bindings of its
+/// exports), and how many requests it has served.
+pub(super) struct Idle<T> {
+    pub(super) instance: T,
     pub(super) served: usize,
     since: Instant,
 }
 
 /// The idle instances of one guest version.
-pub(super) struct Pool {
+pub(super) struct Pool<T> {
     /// The one used last at the end.
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<Vec<Idle<T>>>,
     /// Requests one instance serves.
     reuse: usize,
 }
 
-impl Pool {
+impl<T: Send + 'static> Pool<T> {
     /// A pool whose instances serve `reuse` requests each; on a runtime,
     /// a task drops the instances idle too long until the pool is gone.
-    pub(super) fn new(reuse: usize) -> Arc<Pool> {
+    pub(super) fn new(reuse: usize) -> Arc<Pool<T>> {
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             reuse,
@@ -60,19 +55,18 @@ impl Pool {
     }
 
     /// The instance used last, if one is idle.
-    pub(super) fn take(&self) -> Option<Idle> {
+    pub(super) fn take(&self) -> Option<Idle<T>> {
         self.lock().pop()
     }
 
     /// Gives back an instance that has served `served` requests and answered
     /// the last one; dropped instead once it has served its share.
-    pub(super) fn give_back(&self, store: Store<GuestState>, proxy: Proxy, served: usize) {
+    pub(super) fn give_back(&self, instance: T, served: usize) {
         if served >= self.reuse {
             return;
         }
         self.lock().push(Idle {
-            store,
-            proxy,
+            instance,
             served,
             since: Instant::now(),
         });
@@ -80,7 +74,7 @@ impl Pool {
 
     /// Drops the instances idle since before `cutoff`.
     fn drop_idle_since(&self, cutoff: Instant) {
-        let stale: Vec<Idle> = {
+        let stale: Vec<Idle<T>> = {
             let mut idle = self.lock();
             let stale = idle
                 .iter()
@@ -92,7 +86,7 @@ impl Pool {
         drop(stale);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<T>>> {
         self.idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -101,7 +95,7 @@ impl Pool {
 
 /// Drops a pool's instances once they have been idle for
 /// [`IDLE_INSTANCE`], until the pool is gone.
-async fn sweep(pool: Weak<Pool>) {
+async fn sweep<T: Send + 'static>(pool: Weak<Pool<T>>) {
     let mut ticks = tokio::time::interval(IDLE_INSTANCE / 2);
     loop {
         ticks.tick().await;
