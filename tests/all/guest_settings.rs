@@ -27,7 +27,8 @@ fn web_root() -> tempfile::TempDir {
     dir
 }
 
-fn get(server: &TestServer, target: &str) -> Response {
+/// GETs `target`, checking that HEAD answers alike.
+fn fetch(server: &TestServer, target: &str) -> Response {
     assert_head_matches_get(server.addr, target, "")
 }
 
@@ -35,7 +36,7 @@ fn get(server: &TestServer, target: &str) -> Response {
 fn cache_control_defaults_to_revalidation() {
     let dir = web_root();
     let server = TestServer::static_files(dir.path());
-    let response = get(&server, "/index.html");
+    let response = fetch(&server, "/index.html");
     assert_eq!(response.header("cache-control"), Some("no-cache"));
     let etag = response.header("etag").unwrap();
     let not_modified = assert_head_matches_get(
@@ -55,7 +56,7 @@ fn cache_control_is_configurable_or_off() {
     let dir = web_root();
     let value = "public, max-age=31536000, immutable";
     let server = TestServer::static_files_with(dir.path(), &[("WASMHTTPD_CACHE_CONTROL", value)]);
-    let response = get(&server, "/files/report.pdf");
+    let response = fetch(&server, "/files/report.pdf");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("cache-control"), Some(value));
     let etag = response.header("etag").unwrap();
@@ -67,7 +68,7 @@ fn cache_control_is_configurable_or_off() {
     assert_eq!(not_modified.header("cache-control"), Some(value));
 
     let server = TestServer::static_files_with(dir.path(), &[("WASMHTTPD_CACHE_CONTROL", "")]);
-    let response = get(&server, "/files/report.pdf");
+    let response = fetch(&server, "/files/report.pdf");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("cache-control"), None);
 }
@@ -78,10 +79,10 @@ fn dotfiles_are_served_only_when_enabled() {
     let hidden = TestServer::static_files(dir.path());
     let shown = TestServer::static_files_with(dir.path(), &[("WASMHTTPD_DOTFILES", "on")]);
     for target in ["/.env", "/.git/config", "/files/.env"] {
-        let response = get(&hidden, target);
+        let response = fetch(&hidden, target);
         assert_eq!(response.status, 404, "{target}");
         assert!(!response.text().contains(PRIVATE), "{target}");
-        let response = get(&shown, target);
+        let response = fetch(&shown, target);
         assert_eq!(response.status, 200, "{target}");
         assert_eq!(response.text(), PRIVATE, "{target}");
     }
@@ -91,7 +92,7 @@ fn dotfiles_are_served_only_when_enabled() {
 fn directories_are_not_listed_by_default() {
     let dir = web_root();
     let server = TestServer::static_files(dir.path());
-    let response = get(&server, "/files/");
+    let response = fetch(&server, "/files/");
     assert_eq!(response.status, 404);
     assert!(!response.text().contains("script"));
 }
@@ -101,7 +102,7 @@ fn a_listing_escapes_names_and_shows_sizes_and_dates() {
     let dir = web_root();
     let server =
         TestServer::static_files_with(dir.path(), &[("WASMHTTPD_DIRECTORY_LISTING", "on")]);
-    let response = get(&server, "/files/");
+    let response = fetch(&server, "/files/");
     assert_eq!(response.status, 200);
     assert_eq!(
         response.header("content-type"),
@@ -139,12 +140,12 @@ fn a_listing_escapes_names_and_shows_sizes_and_dates() {
     );
 
     // The links lead to the files.
-    let file = get(&server, "/files/%3Cscript%3E.txt");
+    let file = fetch(&server, "/files/%3Cscript%3E.txt");
     assert_eq!(file.status, 200);
     assert_eq!(file.body, b"not a script");
     // A directory with an index page still serves it.
-    assert_eq!(get(&server, "/").body, b"<h1>home</h1>");
-    assert_eq!(get(&server, "/files").status, 301);
+    assert_eq!(fetch(&server, "/").body, b"<h1>home</h1>");
+    assert_eq!(fetch(&server, "/files").status, 301);
 }
 
 #[test]
@@ -157,7 +158,7 @@ fn a_listing_shows_dotfiles_when_they_are_enabled() {
             ("WASMHTTPD_DOTFILES", "true"),
         ],
     );
-    let page = get(&server, "/files/").text();
+    let page = fetch(&server, "/files/").text();
     assert!(page.contains("<a href=\"./.env\">.env</a>"), "{page}");
 }
 
@@ -166,7 +167,7 @@ fn an_invalid_setting_fails_every_request_loudly() {
     let dir = web_root();
     let server = TestServer::static_files_with(dir.path(), &[("WASMHTTPD_DOTFILES", "maybe")]);
     for target in ["/", "/.env", "/files/report.pdf"] {
-        let response = get(&server, target);
+        let response = fetch(&server, target);
         assert_eq!(response.status, 500, "{target}");
         assert!(response.text().contains("misconfigured"), "{target}");
         assert!(!response.text().contains(PRIVATE), "{target}");
@@ -180,6 +181,6 @@ fn other_variables_are_ignored() {
         dir.path(),
         &[("HOME", "/root"), ("WASMHTTPD_SOMETHING_ELSE", "x")],
     );
-    assert_eq!(get(&server, "/").status, 200);
-    assert_eq!(get(&server, "/.env").status, 404);
+    assert_eq!(fetch(&server, "/").status, 200);
+    assert_eq!(fetch(&server, "/.env").status, 404);
 }

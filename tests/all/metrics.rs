@@ -50,18 +50,9 @@ fn trap_after_head(server: &TestServer) {
 
 /// Waits until the sample `name` reads `expected`.
 fn eventually_reads(server: &TestServer, name: &str, expected: f64) {
-    let deadline = std::time::Instant::now() + support::CLIENT_TIMEOUT;
-    loop {
-        let text = scrape(server);
-        if value(&text, name) == expected {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never read {expected}:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::eventually(&format!("{name} reads {expected}"), || {
+        value(&scrape(server), name) == expected
+    });
 }
 
 #[test]

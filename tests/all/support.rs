@@ -141,18 +141,10 @@ impl TestServer {
         })
     }
 
-    /// Polls `condition` until it holds; fails the test if it still does
-    /// not after [`CLIENT_TIMEOUT`]. For effects that follow a client's
-    /// action asynchronously, such as a guest being stopped.
+    /// Waits until `condition` holds of the server's [`wasmhttpd::Monitor`]
+    /// (see [`eventually`]).
     pub fn eventually(&self, what: &str, condition: impl Fn(&wasmhttpd::Monitor) -> bool) {
-        let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
-        while !condition(&self.monitor) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never happened: {what}"
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
+        eventually(what, || condition(&self.monitor));
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -186,6 +178,21 @@ impl Drop for TestServer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test, naming `what`, if it
+/// still does not after [`CLIENT_TIMEOUT`]. For effects that follow a
+/// client's action asynchronously, such as a guest being stopped, where
+/// the server offers no event to wait on.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -123,9 +123,9 @@ impl Dispatch {
         }
     }
 
-    /// Records a request that the front end refused before it was whole
-    /// (a malformed head, a body over the limit): it gets `status`, an
-    /// access log line and a count, but no id of a request the guest saw.
+    /// Records a request that the front end refused before its head was
+    /// whole (a malformed or oversized head): it gets `status`, an access
+    /// log line and a count, and an id no guest saw.
     pub fn refused(&self, conn: Connection, status: StatusCode, bytes: u64) {
         let exchange = Exchange {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -151,12 +151,15 @@ impl Dispatch {
         let Some((_, guest)) = &exchange.route else {
             return page(StatusCode::NOT_FOUND, HeaderMap::new());
         };
+        // A front end that reads bodies whole refuses these before reading;
+        // one that streams hands them on.
         let limit = self.limits.max_body;
-        if declared_length(request.headers()).is_none_or(|length| length.is_some_and(|n| n > limit))
-        {
-            // A front end that reads bodies whole refuses these before
-            // reading; one that streams hands them on.
-            return page(StatusCode::PAYLOAD_TOO_LARGE, HeaderMap::new());
+        match declared_length(request.headers()) {
+            None => return page(StatusCode::BAD_REQUEST, HeaderMap::new()),
+            Some(Some(length)) if length > limit => {
+                return page(StatusCode::PAYLOAD_TOO_LARGE, HeaderMap::new());
+            }
+            Some(_) => {}
         }
         let request = request.map(|body| limited(body, limit));
         match guest.handle(request, exchange.id).await {
