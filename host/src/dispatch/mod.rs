@@ -137,7 +137,7 @@ impl Dispatch {
             conn,
             metrics: self.metrics.clone(),
         };
-        exchange.record(status, bytes, None, None);
+        exchange.record(status, bytes, false, None);
     }
 
     /// The response to `request`: the guest's, once it has set its head
@@ -214,22 +214,23 @@ impl Exchange {
     /// Records the response the front end sent: `status`, in `bytes` on
     /// the wire.
     pub fn finish(self, status: StatusCode, bytes: u64) {
-        let elapsed = self.started.elapsed();
-        self.record(status, bytes, Some(elapsed), None);
+        self.record(status, bytes, true, None);
     }
 
     /// The access log line and the metrics of a response: the one place
-    /// each is written. `elapsed` is `None` where a duration says nothing
-    /// of the server's speed (a refused request, a WebSocket session);
-    /// a session's line says how it ended.
+    /// each is written. Only a `timed` response's duration goes into the
+    /// latency histogram: not a refused request's or a WebSocket
+    /// session's, which say nothing of the server's speed. A session's
+    /// line says how it ended.
     fn record(
         self,
         status: StatusCode,
         bytes: u64,
-        elapsed: Option<std::time::Duration>,
+        timed: bool,
         session: Option<websocket::Ended>,
     ) {
-        self.metrics.response(status, elapsed);
+        let elapsed = self.started.elapsed();
+        self.metrics.response(status, timed.then_some(elapsed));
         let protocol = match self.version {
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_2 => "HTTP/2",
@@ -246,7 +247,7 @@ impl Exchange {
             route = %self.route.as_ref().map_or("-", |(prefix, _)| prefix.as_str()),
             status = status.as_u16(),
             bytes,
-            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            ms = elapsed.as_secs_f64() * 1e3,
             close_code = session.as_ref().map(|ended| ended.code),
             messages = session.as_ref().map(|ended| ended.messages),
         );

@@ -118,7 +118,7 @@ impl Switch {
         exchange.record(
             StatusCode::SWITCHING_PROTOCOLS,
             sent,
-            None,
+            false,
             Some(Ended { code, messages }),
         );
     }

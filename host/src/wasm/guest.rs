@@ -434,7 +434,7 @@ impl Guest {
                     // A fault after the head was reported by the run, and
                     // shows as a body cut short.
                     if let Ok(finished) = done {
-                        self.settle(finished, head.is_ok());
+                        settle(self.pool.as_deref(), finished, head.is_ok());
                     }
                     (head, None)
                 }
@@ -448,12 +448,6 @@ impl Guest {
             }
             Err(code) => Err(GuestError::ErrorCode(code)),
         }
-    }
-
-    /// Gives a reused instance whose call returned back to the pool, if
-    /// it `answered` its request.
-    fn settle(&self, finished: Option<Finished>, answered: bool) {
-        settle(self.pool.as_deref(), finished, answered);
     }
 }
 
