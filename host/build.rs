@@ -3,7 +3,9 @@
 //! - `wasmhttpd-guest` (the default static-file guest) is embedded in the
 //!   host as `DEFAULT_GUEST`.
 //! - `wasmhttpd-register-guest` (the demo's form handler, `guests/register`)
-//!   is found by the tests through `WASMHTTPD_REGISTER_GUEST`.
+//!   is found by the tests through `WASMHTTPD_REGISTER_GUEST`, and
+//!   `wasmhttpd-gateway-guest` (the example API gateway, `guests/gateway`)
+//!   through `WASMHTTPD_GATEWAY_GUEST`.
 //! - `wasmhttpd-fault-guest` (a guest that loops, traps, or exhausts memory
 //!   on request) and `wasmhttpd-plain-guest` (one without the WebSocket
 //!   export) are only for the integration tests, which find them through
@@ -18,9 +20,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 4] = [
+const GUESTS: [&str; 5] = [
     "wasmhttpd-guest",
     "wasmhttpd-register-guest",
+    "wasmhttpd-gateway-guest",
     "wasmhttpd-fault-guest",
     "wasmhttpd-plain-guest",
 ];
@@ -80,6 +83,7 @@ fn main() {
     .expect("write guests.rs");
     for (variable, package) in [
         ("WASMHTTPD_REGISTER_GUEST", "wasmhttpd-register-guest"),
+        ("WASMHTTPD_GATEWAY_GUEST", "wasmhttpd-gateway-guest"),
         ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
         ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),
     ] {

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Secs, Switch, settings};
 
+use crate::outbound::policy::{AllowList, Patterns};
+
 pub mod file;
 pub mod setting;
 
@@ -84,6 +86,21 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// instance per request, is the strongest isolation (no state survives
 /// from one request to the next).
 pub const DEFAULT_REUSE: usize = 1;
+
+/// Time the host has to connect (name lookup, TCP and TLS handshakes) for
+/// a guest's outgoing request: a reachable service answers in well under
+/// a second; one that does not should fail the guest's request while the
+/// guest still has time to answer its own.
+pub const DEFAULT_OUTBOUND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time an outgoing request waits for its response head once sent, as
+/// the guest's own deadline does for its response.
+pub const DEFAULT_OUTBOUND_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an outgoing response body may pause between two pieces.
+pub const DEFAULT_OUTBOUND_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+/// Outgoing requests one guest instance may have open at once: room for a
+/// gateway that fans out to a few services, not for one instance to flood
+/// them.
+pub const DEFAULT_MAX_OUTBOUND: u32 = 16;
 
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +259,18 @@ settings! {
         /// Requests one connection may carry; the last says `Connection:
         /// close`.
         max_requests_per_connection: Count<u64> = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+        /// Seconds the host has to connect for a guest's outgoing request
+        /// (lookup, TCP, TLS); a guest's request-options may shorten it.
+        outbound_connect_timeout: Secs = DEFAULT_OUTBOUND_CONNECT_TIMEOUT,
+        /// Seconds an outgoing request waits for its response head; a
+        /// guest's request-options may shorten it.
+        outbound_first_byte_timeout: Secs = DEFAULT_OUTBOUND_FIRST_BYTE_TIMEOUT,
+        /// Seconds an outgoing response body may pause; a guest's
+        /// request-options may shorten it.
+        outbound_between_bytes_timeout: Secs = DEFAULT_OUTBOUND_BETWEEN_BYTES_TIMEOUT,
+        /// Outgoing requests one guest instance may have open at once; more
+        /// fail in the guest.
+        max_outbound: Count<u32> = DEFAULT_MAX_OUTBOUND,
     }
 
     /// A route's own limits (`--route /api=api.wasm,guest-timeout=5`); each
@@ -260,6 +289,13 @@ settings! {
         /// from each other; more is faster, and state a guest keeps is seen
         /// by the next request on the same instance.
         reuse: Count<usize> = DEFAULT_REUSE,
+        /// Where guests may send HTTP requests: SCHEME://HOST[:PORT], such
+        /// as https://api.example.com, https://*.example.com, http://*:*
+        /// (any public address) or http://10.0.0.0/8:*. Repeatable. None
+        /// (the default) denies every outgoing request; loopback, private
+        /// and link-local addresses need an entry naming them. A route's
+        /// own list replaces the server's.
+        allow_outbound: Patterns = AllowList::default(),
     }
 }
 
@@ -274,12 +310,17 @@ mod tests {
             "guest-memory=16",
             "max-instances=50",
             "reuse=8",
+            "allow-outbound=https://api.example.com",
+            "allow-outbound=http://10.0.0.0/8:*",
         ])
         .unwrap();
         assert_eq!(limits.guest_timeout, Some(Duration::from_millis(2500)));
         assert_eq!(limits.guest_memory, Some(16 << 20));
         assert_eq!(limits.max_instances, Some(50));
         assert_eq!(limits.reuse, Some(8));
+        let allowed = limits.allow_outbound.as_ref().unwrap().patterns();
+        let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        assert_eq!(allowed, ["https://api.example.com", "http://10.0.0.0/8:*"]);
         assert_eq!(RouteLimits::parse([]).unwrap(), RouteLimits::default());
         for bad in [
             "reuse=0",
@@ -287,6 +328,7 @@ mod tests {
             "max-instances=x",
             "speed=9",
             "reuse",
+            "allow-outbound=example.com",
         ] {
             assert!(RouteLimits::parse([bad]).is_err(), "{bad}");
         }

@@ -22,6 +22,8 @@
 //!   protocol: a request's id and route, the guest's call and its checked
 //!   response or a page of the host's, WebSocket sessions, and the one
 //!   place the access log and the metrics are written.
+//! - [`outbound`]: the requests guests send, under the operator's
+//!   allow-list: checked, resolved and connected by the host.
 //! - [`metrics`]: counters and gauges, served to Prometheus on a listener
 //!   of their own.
 //! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
@@ -33,6 +35,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod metrics;
+pub mod outbound;
 pub mod proto;
 pub mod routes;
 pub mod server;

@@ -12,6 +12,8 @@
 //! | `wasmhttpd_guest_traps_total` | counter | guests that trapped (panic, `unreachable`, out of memory) |
 //! | `wasmhttpd_guest_timeouts_total` | counter | guests stopped at their deadline |
 //! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
+//! | `wasmhttpd_outgoing_requests_total{result}` | counter | guests' outgoing requests: `sent` (a response came), `denied` (by the allow-list or `--max-outbound`), `failed` |
+//! | `wasmhttpd_outgoing_request_duration_seconds` | histogram | from an outgoing request's start to its response body's end (or its refusal or failure) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +60,17 @@ pub enum Fault {
     Timeout,
 }
 
+/// How a guest's outgoing request ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A response came back (whatever its status).
+    Sent,
+    /// The allow-list or a limit refused it; nothing was sent.
+    Denied,
+    /// It was allowed and failed: no connection, a timeout, a broken body.
+    Failed,
+}
+
 /// The server's counters and gauges.
 pub struct Metrics {
     registry: Registry,
@@ -69,6 +82,8 @@ pub struct Metrics {
     traps: Counter,
     timeouts: Counter,
     reloads: Family<ResultLabel, Counter>,
+    outgoing: Family<ResultLabel, Counter>,
+    outgoing_latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -86,6 +101,8 @@ impl Metrics {
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
         let [traps, timeouts] = [(); 2].map(|()| Counter::default());
         let reloads = Family::<ResultLabel, Counter>::default();
+        let outgoing = Family::<ResultLabel, Counter>::default();
+        let outgoing_latency = Histogram::new(exponential_buckets(start, factor, count));
         let mut registry = Registry::with_prefix("wasmhttpd");
         registry.register(
             "requests",
@@ -123,6 +140,16 @@ impl Metrics {
             "Guest reloads, swapped in or failed",
             reloads.clone(),
         );
+        registry.register(
+            "outgoing_requests",
+            "Outgoing requests of guests, sent, denied or failed",
+            outgoing.clone(),
+        );
+        registry.register(
+            "outgoing_request_duration_seconds",
+            "Time from an outgoing request's start to its response body's end",
+            outgoing_latency.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -133,6 +160,8 @@ impl Metrics {
             traps,
             timeouts,
             reloads,
+            outgoing,
+            outgoing_latency,
         }
     }
 
@@ -164,6 +193,17 @@ impl Metrics {
     pub(crate) fn reload(&self, swapped: bool) {
         let result = if swapped { "swapped" } else { "failed" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a guest's outgoing request and how long it took.
+    pub(crate) fn outgoing(&self, outcome: Outgoing, elapsed: Duration) {
+        let result = match outcome {
+            Outgoing::Sent => "sent",
+            Outgoing::Denied => "denied",
+            Outgoing::Failed => "failed",
+        };
+        self.outgoing.get_or_create(&ResultLabel { result }).inc();
+        self.outgoing_latency.observe(elapsed.as_secs_f64());
     }
 
     /// Client connections open now.

@@ -867,3 +867,104 @@ fn access_log_lines_name_the_client_route_and_outcome_in_json() {
         assert!(line.contains(field), "{field} in {line}");
     }
 }
+
+#[test]
+fn outgoing_requests_are_logged_with_the_request_that_sent_them() {
+    use crate::outbound::{Listener, Upstream};
+    let upstream = Listener::start(Upstream::Answer);
+    let origin = upstream.origin();
+    let (root, guest) = (demo_root(), fault_guest());
+    let server = start(
+        wasmhttpd()
+            .env(
+                "RUST_LOG",
+                "warn,wasmhttpd::access=info,wasmhttpd::outbound=info",
+            )
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(root)
+            .arg("--guest")
+            .arg(guest)
+            .args(["--allow-outbound", &origin]),
+        "listening on http://",
+    );
+    let url = format!("{origin}/x");
+    let (status, _, body) = get(&client(), &server.url(&format!("/fetch?url={url}")));
+    assert_eq!(
+        (status, body.as_slice()),
+        (200, &b"status 200\nhello from upstream"[..])
+    );
+    let [sent, access] = server.wait_for_logs(["outgoing request id=", "wasmhttpd::access"]);
+    for field in [
+        "wasmhttpd::outbound",
+        "method=GET",
+        &format!("url={url}"),
+        "status=200",
+        "bytes=19",
+        " ms=",
+        &format!("allowed={origin}"),
+    ] {
+        assert!(sent.contains(field), "{field} in {sent}");
+    }
+    assert_eq!(
+        request_id(&sent),
+        request_id(&access),
+        "{sent} belongs to {access}"
+    );
+
+    let refused = "http://169.254.169.254/latest/meta-data/";
+    let (status, _, body) = get(&client(), &server.url(&format!("/fetch?url={refused}")));
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("HttpRequestDenied"));
+    let [denied, access] = server.wait_for_logs(["outgoing request denied", "wasmhttpd::access"]);
+    assert!(denied.contains(&format!("url={refused}")), "{denied}");
+    assert!(
+        denied.contains("no --allow-outbound entry takes"),
+        "{denied}"
+    );
+    assert_eq!(
+        request_id(&denied),
+        request_id(&access),
+        "{denied} belongs to {access}"
+    );
+}
+
+#[test]
+fn a_bad_outbound_pattern_is_a_startup_error_naming_it() {
+    let usage_error = |command: &mut Command| {
+        let output = command.output().expect("run wasmhttpd");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        stderr
+    };
+    let flag = usage_error(wasmhttpd().args(["--allow-outbound", "api.example.com"]));
+    assert!(flag.contains("--allow-outbound"), "{flag}");
+    assert!(flag.contains("\"api.example.com\" has no scheme"), "{flag}");
+    assert!(flag.contains("SCHEME://HOST[:PORT]"), "{flag}");
+    let variable = usage_error(wasmhttpd().env(
+        "WASMHTTPD_ALLOW_OUTBOUND",
+        "https://ok.example.com ftp://files.example.com",
+    ));
+    assert!(
+        variable.contains("\"ftp://files.example.com\""),
+        "{variable}"
+    );
+    let route =
+        usage_error(wasmhttpd().args(["--route", "/a=a.wasm,allow-outbound=http://x:99999"]));
+    assert!(
+        route.contains("allow-outbound") && route.contains("http://x:99999"),
+        "{route}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wasmhttpd.toml");
+    std::fs::write(
+        &file,
+        "allow-outbound = [\"https://ok.example.com\", \"http://10.0.0.0/40\"]\n",
+    )
+    .unwrap();
+    let stderr = startup_failure(&["--config", file.to_str().unwrap()]);
+    assert!(
+        stderr.contains("allow-outbound") && stderr.contains("http://10.0.0.0/40"),
+        "{stderr}"
+    );
+}

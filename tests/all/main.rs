@@ -14,5 +14,6 @@ mod guest_settings;
 mod http1;
 mod long_connections;
 mod metrics;
+mod outbound;
 mod static_files;
 mod swap_and_routes;

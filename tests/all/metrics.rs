@@ -13,7 +13,7 @@ use crate::support::{
 use wasmhttpd::{Config, GuestSource, Limits};
 
 /// The metrics text, scraped over a real connection.
-fn scrape(server: &TestServer) -> String {
+pub(crate) fn scrape(server: &TestServer) -> String {
     let response = exchange_at(
         server.metrics_addr,
         b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
@@ -30,7 +30,7 @@ fn scrape(server: &TestServer) -> String {
 
 /// The value of the sample `name` (with its labels, if any); 0 when the
 /// sample is not there yet (a label set not seen so far).
-fn value(text: &str, name: &str) -> f64 {
+pub(crate) fn value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .map_or(0.0, |value| value.parse().expect("a number"))

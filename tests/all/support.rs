@@ -38,6 +38,11 @@ pub fn register_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_REGISTER_GUEST"))
 }
 
+/// The example gateway guest (`guests/gateway`) built by `host/build.rs`.
+pub fn gateway_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_GATEWAY_GUEST"))
+}
+
 /// The plain guest (no WebSocket export) built by `host/build.rs`.
 pub fn plain_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_PLAIN_GUEST"))

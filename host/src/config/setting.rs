@@ -58,6 +58,13 @@ pub trait Unit: 'static {
     fn given(matches: &ArgMatches, id: &str) -> Option<Self::Value> {
         matches.get_one::<Self::Value>(id).cloned()
     }
+
+    /// The value of an option a route gives twice: the later one, or, for
+    /// a list, both.
+    fn combine(earlier: Self::Value, later: Self::Value) -> Self::Value {
+        let _ = earlier;
+        later
+    }
 }
 
 /// What one declared setting is, for `--help`, the file's keys and the
@@ -274,8 +281,11 @@ macro_rules! settings {
                             .ok_or_else(|| format!("route setting {option:?} is not key=value"))?;
                         match key {
                             $( key if key == $crate::config::setting::Declared::<$name>::$route_field.key() => {
-                                route.$route_field =
-                                    Some($crate::config::setting::Declared::<$name>::$route_field.parse::<$route_unit>(value)?);
+                                let value = $crate::config::setting::Declared::<$name>::$route_field.parse::<$route_unit>(value)?;
+                                route.$route_field = Some(match route.$route_field.take() {
+                                    Some(earlier) => <$route_unit as $crate::config::setting::Unit>::combine(earlier, value),
+                                    None => value,
+                                });
                             } )*
                             _ => {
                                 return Err(format!(

@@ -35,6 +35,7 @@ use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
 use crate::metrics::{Fault, Metrics, Open};
+use crate::outbound::{Hooks, Outbound};
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +142,8 @@ pub struct GuestContext {
     /// Open WebSocket sessions' share of the instance pool.
     websocket_slots: Arc<Semaphore>,
     max_websockets: usize,
+    /// Where the guests may send requests, and the host's limits on them.
+    outbound: Arc<Outbound>,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -170,6 +173,11 @@ impl GuestContext {
             own_instances: false,
             websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
             max_websockets: limits.max_websockets as usize,
+            outbound: Arc::new(Outbound::new(
+                limits.allow_outbound.clone(),
+                limits,
+                metrics.clone(),
+            )),
             metrics,
         }
     }
@@ -194,6 +202,10 @@ impl GuestContext {
             own_instances,
             websocket_slots: self.websocket_slots.clone(),
             max_websockets: self.max_websockets,
+            outbound: match &limits.allow_outbound {
+                Some(allow) => Arc::new(self.outbound.with_list(allow.clone())),
+                None => self.outbound.clone(),
+            },
             metrics: self.metrics.clone(),
         }
     }
@@ -491,7 +503,11 @@ impl GuestContext {
         id: u64,
     ) -> wasmtime::Result<Store<GuestState>> {
         let live = self.metrics.instance();
-        let mut state = GuestState::new(&self.root, &self.env, deadline, lifted, id, live)?;
+        let request = Arc::new(AtomicU64::new(id));
+        let hooks = self.outbound.hooks(request.clone());
+        let mut state = GuestState::new(
+            &self.root, &self.env, deadline, lifted, request, hooks, live,
+        )?;
         state.limits = StoreLimitsBuilder::new().memory_size(self.memory).build();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -720,6 +736,8 @@ pub(crate) struct GuestState {
     /// The id of the request (or WebSocket session) the instance serves,
     /// which its output is logged with.
     pub(crate) request: Arc<AtomicU64>,
+    /// What the host does for the guest's outgoing requests.
+    hooks: Hooks,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
@@ -730,10 +748,10 @@ impl GuestState {
         env: &[(String, String)],
         deadline: Instant,
         lifted: Arc<AtomicBool>,
-        id: u64,
+        request: Arc<AtomicU64>,
+        hooks: Hooks,
         live: Open,
     ) -> wasmtime::Result<Self> {
-        let request = Arc::new(AtomicU64::new(id));
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestOutput::new(Stream::Stdout, request.clone()))
             .stderr(GuestOutput::new(Stream::Stderr, request.clone()))
@@ -752,6 +770,7 @@ impl GuestState {
             lifted,
             limits: StoreLimits::default(),
             request,
+            hooks,
             _live: live,
         })
     }
@@ -782,7 +801,7 @@ impl WasiHttpView for GuestState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: Default::default(),
+            hooks: &mut self.hooks,
         }
     }
 }

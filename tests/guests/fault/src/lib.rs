@@ -25,6 +25,13 @@
 //! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
 //! |                     | appears in the root, for i < N                             |
+//! | `/fetch?…&url=URL`  | sends `GET URL` (the rest of the query, unencoded) with    |
+//! |                     | `connect-ms`, `first-byte-ms`, `between-ms` as its         |
+//! |                     | request-options if given; answers 200 `status N\n` and    |
+//! |                     | the body, then `body-error CODE` if it broke, or           |
+//! |                     | `error CODE` when no response came; under any route prefix |
+//! | `/fetch-many?n=N&url=URL` | sends N requests at once, then answers a line per request: |
+//! |                     | `status N` or `error CODE`                                 |
 //!
 //! WebSocket sessions (the `wasmhttpd:guest/websocket` export), by path:
 //!
@@ -56,8 +63,10 @@ use bindings::exports::wasi::http::incoming_handler::Guest;
 use bindings::exports::wasmhttpd::guest::websocket::{self, Decision, Message, Upgrade};
 use bindings::wasi::clocks::monotonic_clock;
 use bindings::wasi::filesystem::preopens;
+use bindings::wasi::http::outgoing_handler;
 use bindings::wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    self as http_types, Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest,
+    OutgoingResponse, RequestOptions, ResponseOutparam, Scheme,
 };
 use bindings::wasi::io::streams::StreamError;
 
@@ -160,6 +169,8 @@ impl Guest for Component {
                 drop(stream);
                 OutgoingBody::finish(body, None).unwrap();
             }
+            path if path.ends_with("/fetch") => fetch(query, outparam),
+            path if path.ends_with("/fetch-many") => fetch_many(query, outparam),
             "/count" => {
                 let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
                 respond(outparam, 200, &[], count.to_string().as_bytes());
@@ -167,6 +178,107 @@ impl Guest for Component {
             _ => respond(outparam, 404, &[], b"no such fault"),
         }
     }
+}
+
+/// A `GET` of the URL at the end of `query`, with the request-options
+/// the query gives.
+fn get_request(query: &str) -> (OutgoingRequest, RequestOptions) {
+    let url = query.split_once("url=").map_or("", |(_, url)| url);
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => Scheme::Other(other.to_owned()),
+    };
+    request.set_scheme(Some(&scheme)).unwrap();
+    request.set_authority(Some(authority)).unwrap();
+    request.set_path_with_query(Some(path)).unwrap();
+    let options = RequestOptions::new();
+    let ms = |name| Some(param(query, name, u64::MAX)).filter(|ms| *ms != u64::MAX);
+    if let Some(ms) = ms("connect-ms") {
+        options.set_connect_timeout(Some(ms * 1_000_000)).unwrap();
+    }
+    if let Some(ms) = ms("first-byte-ms") {
+        options
+            .set_first_byte_timeout(Some(ms * 1_000_000))
+            .unwrap();
+    }
+    if let Some(ms) = ms("between-ms") {
+        options
+            .set_between_bytes_timeout(Some(ms * 1_000_000))
+            .unwrap();
+    }
+    (request, options)
+}
+
+/// Sends `GET` to the URL at the end of `query` and answers with what
+/// came back, or the error code.
+fn fetch(query: &str, outparam: ResponseOutparam) {
+    let (request, options) = get_request(query);
+    let future = match outgoing_handler::handle(request, Some(options)) {
+        Ok(future) => future,
+        Err(code) => return respond(outparam, 200, &[], format!("error {code:?}").as_bytes()),
+    };
+    future.subscribe().block();
+    let response = match future.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => {
+            return respond(outparam, 200, &[], format!("error {code:?}").as_bytes());
+        }
+        other => panic!("the response future is ready: {other:?}"),
+    };
+    let mut out = format!("status {}\n", response.status()).into_bytes();
+    let body = response.consume().unwrap();
+    let input = body.stream().unwrap();
+    loop {
+        match input.blocking_read(64 * 1024) {
+            Ok(bytes) => out.extend_from_slice(&bytes),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(err)) => {
+                let error = match http_types::http_error_code(&err) {
+                    Some(code) => format!("{code:?}"),
+                    None => err.to_debug_string(),
+                };
+                out.extend_from_slice(format!("\nbody-error {error}").as_bytes());
+                break;
+            }
+        }
+    }
+    respond(outparam, 200, &[], &out);
+}
+
+/// Sends `n` requests before waiting for any; answers a line for each.
+fn fetch_many(query: &str, outparam: ResponseOutparam) {
+    let futures: Vec<_> = (0..param(query, "n", 2))
+        .map(|_| {
+            let (request, options) = get_request(query);
+            outgoing_handler::handle(request, Some(options))
+        })
+        .collect();
+    let mut lines = String::new();
+    let mut responses = Vec::new();
+    for future in futures {
+        let outcome = future.map(|future| {
+            future.subscribe().block();
+            future.get()
+        });
+        match outcome {
+            Ok(Some(Ok(Ok(response)))) => {
+                lines.push_str(&format!("status {}\n", response.status()));
+                // Kept, so each request stays open until all are answered.
+                responses.push(response);
+            }
+            Ok(Some(Ok(Err(code)))) | Err(code) => lines.push_str(&format!("error {code:?}\n")),
+            other => panic!("the response future is ready: {other:?}"),
+        }
+    }
+    drop(responses);
+    respond(outparam, 200, &[], lines.as_bytes());
 }
 
 fn param(query: &str, name: &str, default: u64) -> u64 {

@@ -1,0 +1,519 @@
+//! What a guest's outgoing requests reach: nothing by default, exactly
+//! what `--allow-outbound` lists, never loopback or the metadata service
+//! through a wildcard or a name, within the host's timeouts, logged and
+//! counted. The guest is the fault guest's `/fetch`; the upstreams are
+//! real listeners on loopback.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crate::metrics::{scrape, value};
+use crate::support::{TestServer, demo_root, fault_guest, gateway_guest, test_limits};
+use wasmhttpd::outbound::policy::AllowList;
+use wasmhttpd::{Config, GuestSource, Limits, Route, RouteLimits};
+
+/// What an upstream does with each request.
+#[derive(Clone, Copy)]
+pub(crate) enum Upstream {
+    /// Answers 200 `hello from upstream`.
+    Answer,
+    /// Reads the request and never answers.
+    Silent,
+    /// Sends a head promising 20 bytes, then 5 of them, then nothing.
+    Stall,
+}
+
+/// A listener on loopback that records what reaches it.
+pub(crate) struct Listener {
+    pub(crate) addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Listener {
+    pub(crate) fn start(behaviour: Upstream) -> Listener {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (connections.clone(), heads.clone());
+        // Serves until the test binary exits.
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                thread::spawn(move || serve(stream, behaviour, &seen));
+            }
+        });
+        Listener {
+            addr,
+            connections,
+            heads,
+        }
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+fn serve(mut stream: TcpStream, behaviour: Upstream, seen: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            match reader.read_line(&mut head) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        seen.lock().unwrap().push(head);
+        match behaviour {
+            Upstream::Answer => {
+                let body = "hello from upstream";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Upstream: yes\r\n\r\n{body}",
+                    body.len()
+                );
+                if stream.write_all(response.as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Upstream::Silent => thread::sleep(Duration::from_secs(3600)),
+            Upstream::Stall => {
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nhello");
+                thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+fn allow(patterns: &[&str]) -> AllowList {
+    AllowList::new(patterns.iter().map(|p| p.parse().unwrap()).collect())
+}
+
+/// The fault guest on `/`, allowed to reach `patterns`.
+fn server_allowing(patterns: &[&str], limits: Limits) -> TestServer {
+    TestServer::faults(Limits {
+        allow_outbound: allow(patterns),
+        ..limits
+    })
+}
+
+/// What the guest's `/fetch` of `url` (with `options`, `k=v&` pairs) says.
+fn fetch(server: &TestServer, options: &str, url: &str) -> String {
+    let request =
+        format!("GET /fetch?{options}url={url} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let response = server.exchange(request.as_bytes());
+    assert_eq!(response.status, 200, "{url}: {}", response.text());
+    response.text()
+}
+
+fn assert_denied(answer: &str, url: &str) {
+    assert!(
+        answer.starts_with("error") && answer.contains("HttpRequestDenied"),
+        "{url}: {answer}"
+    );
+}
+
+#[test]
+fn every_outgoing_request_is_denied_by_default() {
+    let upstream = Listener::start(Upstream::Answer);
+    let server = TestServer::faults(test_limits());
+    for url in [
+        format!("{}/", upstream.origin()),
+        format!("http://localhost:{}/", upstream.addr.port()),
+        "https://example.com/".to_owned(),
+    ] {
+        assert_denied(&fetch(&server, "", &url), &url);
+    }
+    assert_eq!(upstream.connections(), 0, "nothing reached the upstream");
+    let metrics = scrape(&server);
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_requests_total{result=\"denied\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_requests_total{result=\"sent\"}"
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn an_exact_entry_allows_exactly_its_scheme_host_and_port() {
+    let upstream = Listener::start(Upstream::Answer);
+    let other = Listener::start(Upstream::Answer);
+    let server = server_allowing(&[&upstream.origin()], test_limits());
+
+    let answer = fetch(&server, "", &format!("{}/path?q=1", upstream.origin()));
+    assert_eq!(answer, "status 200\nhello from upstream");
+    let heads = upstream.heads();
+    assert_eq!(heads.len(), 1, "{heads:?}");
+    assert!(
+        heads[0].starts_with("GET /path?q=1 HTTP/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains(&format!("host: {}\r\n", upstream.addr)),
+        "{}",
+        heads[0]
+    );
+
+    for url in [
+        format!("{}/", other.origin()),
+        format!("https://{}/", upstream.addr),
+        format!("http://127.0.0.2:{}/", upstream.addr.port()),
+    ] {
+        assert_denied(&fetch(&server, "", &url), &url);
+    }
+    assert_eq!(other.connections(), 0);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "only the allowed request connected"
+    );
+    let metrics = scrape(&server);
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_requests_total{result=\"sent\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_requests_total{result=\"denied\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_request_duration_seconds_count"
+        ),
+        4.0
+    );
+}
+
+#[test]
+fn wildcards_reach_neither_loopback_nor_the_metadata_service() {
+    let upstream = Listener::start(Upstream::Answer);
+    let port = upstream.addr.port();
+    let server = server_allowing(&["http://*:*", "https://*:*"], test_limits());
+    for url in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://localhost:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+        format!("http://127.1.2.3:{port}/"),
+        format!("http://0.0.0.0:{port}/"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[fd00:ec2::254]/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://192.168.0.1/".to_owned(),
+    ] {
+        assert_denied(&fetch(&server, "", &url), &url);
+    }
+    assert_eq!(upstream.connections(), 0);
+}
+
+#[test]
+fn a_name_that_resolves_to_loopback_needs_an_entry_by_address() {
+    let upstream = Listener::start(Upstream::Answer);
+    let port = upstream.addr.port();
+    let url = format!("http://localhost:{port}/");
+    let by_name = server_allowing(&[&format!("http://localhost:{port}")], test_limits());
+    assert_denied(&fetch(&by_name, "", &url), &url);
+    assert_eq!(upstream.connections(), 0);
+
+    // localhost may resolve to ::1 as well as 127.0.0.1: every address
+    // it gives must be allowed.
+    let by_address = server_allowing(
+        &[
+            &format!("http://127.0.0.1:{port}"),
+            &format!("http://[::1]:{port}"),
+        ],
+        test_limits(),
+    );
+    assert_eq!(
+        fetch(&by_address, "", &url),
+        "status 200\nhello from upstream"
+    );
+    assert_eq!(upstream.connections(), 1);
+}
+
+#[test]
+fn a_routes_list_replaces_the_servers() {
+    let global = Listener::start(Upstream::Answer);
+    let own = Listener::start(Upstream::Answer);
+    let route = |prefix: &str, allow_outbound: Option<AllowList>| {
+        Route::new(prefix, GuestSource::File(fault_guest()))
+            .unwrap()
+            .with_limits(RouteLimits {
+                allow_outbound,
+                ..RouteLimits::default()
+            })
+    };
+    let server = TestServer::start(Config {
+        routes: vec![
+            route("/", None),
+            route("/own", Some(allow(&[&own.origin()]))),
+            route("/none", Some(AllowList::default())),
+        ],
+        limits: Limits {
+            allow_outbound: allow(&[&global.origin()]),
+            ..test_limits()
+        },
+        ..Config::new(demo_root())
+    });
+    let fetch_at = |prefix: &str, url: &str| {
+        let request = format!(
+            "GET {prefix}/fetch?url={url} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        server.exchange(request.as_bytes()).text()
+    };
+    let hello = "status 200\nhello from upstream";
+    assert_eq!(fetch_at("", &global.origin()), hello);
+    assert_denied(&fetch_at("", &own.origin()), "own from /");
+    assert_eq!(fetch_at("/own", &own.origin()), hello);
+    assert_denied(&fetch_at("/own", &global.origin()), "global from /own");
+    assert_denied(&fetch_at("/none", &global.origin()), "global from /none");
+    assert_denied(&fetch_at("/none", &own.origin()), "own from /none");
+    assert_eq!(global.connections(), 1);
+    assert_eq!(own.connections(), 1);
+}
+
+/// A listener whose accept queue is full, so a new connection to it
+/// hangs in the handshake: the kernel drops its SYNs.
+struct Unanswered {
+    addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _queued: Vec<TcpStream>,
+}
+
+fn unanswered() -> Unanswered {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap().into_std().unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    // Fill the queue until a connection no longer completes.
+    while let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(stream);
+        assert!(queued.len() < 64, "the accept queue never filled");
+    }
+    Unanswered {
+        addr,
+        _listener: listener,
+        _queued: queued,
+    }
+}
+
+/// Asserts the fetch failed with `code` (and not the guest's own 504).
+fn assert_failed_with(answer: &str, code: &str, what: &str) {
+    assert!(answer.contains(code), "{what}: {answer}");
+}
+
+#[test]
+fn a_slow_upstream_hits_each_timeout_the_server_caps() {
+    let hung = unanswered();
+    let silent = Listener::start(Upstream::Silent);
+    let stalled = Listener::start(Upstream::Stall);
+    let server = server_allowing(
+        &[
+            &format!("http://{}", hung.addr),
+            &silent.origin(),
+            &stalled.origin(),
+        ],
+        Limits {
+            outbound_connect_timeout: Duration::from_millis(300),
+            outbound_first_byte_timeout: Duration::from_millis(300),
+            outbound_between_bytes_timeout: Duration::from_millis(300),
+            guest_timeout: Duration::from_secs(8),
+            ..test_limits()
+        },
+    );
+    // The guest asks for a minute each time: the server's caps win, well
+    // inside the guest's 8 s (a timeout of the guest would be a 504).
+    let long = "connect-ms=60000&first-byte-ms=60000&between-ms=60000&";
+    let connect = fetch(&server, long, &format!("http://{}/", hung.addr));
+    assert_failed_with(&connect, "error ErrorCode::ConnectionTimeout", "connect");
+    let first_byte = fetch(&server, long, &format!("{}/", silent.origin()));
+    assert_failed_with(
+        &first_byte,
+        "error ErrorCode::ConnectionReadTimeout",
+        "first byte",
+    );
+    let between = fetch(&server, long, &format!("{}/", stalled.origin()));
+    assert!(
+        between.starts_with("status 200\nhello\nbody-error"),
+        "{between}"
+    );
+    assert_failed_with(&between, "read timeout", "between bytes");
+    let metrics = scrape(&server);
+    assert_eq!(
+        value(
+            &metrics,
+            "wasmhttpd_outgoing_requests_total{result=\"failed\"}"
+        ),
+        3.0
+    );
+}
+
+#[test]
+fn a_guest_may_shorten_each_timeout() {
+    let hung = unanswered();
+    let silent = Listener::start(Upstream::Silent);
+    let stalled = Listener::start(Upstream::Stall);
+    // The server's caps are longer than the guest's own deadline: only
+    // the guest's request-options can end these requests before it.
+    let server = server_allowing(
+        &[
+            &format!("http://{}", hung.addr),
+            &silent.origin(),
+            &stalled.origin(),
+        ],
+        Limits {
+            outbound_connect_timeout: Duration::from_secs(600),
+            outbound_first_byte_timeout: Duration::from_secs(600),
+            outbound_between_bytes_timeout: Duration::from_secs(600),
+            guest_timeout: Duration::from_secs(8),
+            ..test_limits()
+        },
+    );
+    let connect = fetch(
+        &server,
+        "connect-ms=300&",
+        &format!("http://{}/", hung.addr),
+    );
+    assert_failed_with(&connect, "error ErrorCode::ConnectionTimeout", "connect");
+    let first_byte = fetch(
+        &server,
+        "first-byte-ms=300&",
+        &format!("{}/", silent.origin()),
+    );
+    assert_failed_with(
+        &first_byte,
+        "error ErrorCode::ConnectionReadTimeout",
+        "first byte",
+    );
+    let between = fetch(
+        &server,
+        "between-ms=300&",
+        &format!("{}/", stalled.origin()),
+    );
+    assert!(
+        between.starts_with("status 200\nhello\nbody-error"),
+        "{between}"
+    );
+    assert_failed_with(&between, "read timeout", "between bytes");
+}
+
+#[test]
+fn one_instance_has_at_most_max_outbound_requests_open() {
+    let upstream = Listener::start(Upstream::Answer);
+    let server = server_allowing(
+        &[&upstream.origin()],
+        Limits {
+            max_outbound: 2,
+            ..test_limits()
+        },
+    );
+    let request = format!(
+        "GET /fetch-many?n=3&url={}/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        upstream.origin()
+    );
+    let answer = server.exchange(request.as_bytes()).text();
+    let sent = answer.lines().filter(|line| *line == "status 200").count();
+    let limited = answer
+        .lines()
+        .filter(|line| line.contains("ConnectionLimitReached"))
+        .count();
+    assert_eq!((sent, limited), (2, 1), "{answer}");
+    // Each request's share comes back when it is over.
+    let again = server.exchange(request.as_bytes()).text();
+    assert_eq!(
+        again.lines().filter(|line| *line == "status 200").count(),
+        2,
+        "{again}"
+    );
+}
+
+/// The example gateway on `/api`, forwarding to `upstream`, allowed to
+/// reach `patterns`.
+fn gateway(upstream: &Listener, patterns: &[&str]) -> TestServer {
+    TestServer::start(Config {
+        routes: vec![Route::new("/api", GuestSource::File(gateway_guest())).unwrap()],
+        env: vec![("UPSTREAM".to_owned(), upstream.origin())],
+        limits: Limits {
+            allow_outbound: allow(patterns),
+            ..test_limits()
+        },
+        ..Config::new(demo_root())
+    })
+}
+
+#[test]
+fn the_gateway_example_forwards_what_the_policy_allows() {
+    let upstream = Listener::start(Upstream::Answer);
+    let allowed = gateway(&upstream, &[&upstream.origin()]);
+    let response = allowed.exchange(
+        b"GET /api/users?page=2 HTTP/1.1\r\nHost: t\r\nAccept: text/plain\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "hello from upstream");
+    assert_eq!(response.header("x-upstream"), Some("yes"));
+    let heads = upstream.heads();
+    assert!(
+        heads[0].starts_with("GET /users?page=2 HTTP/1.1\r\n"),
+        "{heads:?}"
+    );
+    assert!(
+        heads[0]
+            .to_ascii_lowercase()
+            .contains("accept: text/plain\r\n"),
+        "{heads:?}"
+    );
+
+    let denied = gateway(&upstream, &[]);
+    let response =
+        denied.exchange(b"GET /api/users HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(response.status, 502);
+    assert_eq!(
+        response.header("x-gateway-error"),
+        Some("HttpRequestDenied")
+    );
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "the denied request never connected"
+    );
+}
