@@ -322,6 +322,9 @@ mod tests {
         let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
         assert_eq!(allowed, ["https://api.example.com", "http://10.0.0.0/8:*"]);
         assert_eq!(RouteLimits::parse([]).unwrap(), RouteLimits::default());
+        // An empty list of a route's own denies that route everything.
+        let none = RouteLimits::parse(["allow-outbound="]).unwrap();
+        assert_eq!(none.allow_outbound, Some(AllowList::default()));
         for bad in [
             "reuse=0",
             "guest-timeout=-1",

@@ -31,6 +31,8 @@ pub(crate) enum Upstream {
 pub(crate) struct Listener {
     pub(crate) addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    /// Connections the other side closed while the upstream held them.
+    closed: Arc<AtomicUsize>,
     heads: Arc<Mutex<Vec<String>>>,
 }
 
@@ -39,20 +41,22 @@ impl Listener {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let (count, seen) = (connections.clone(), heads.clone());
+        let (count, seen, ends) = (connections.clone(), heads.clone(), closed.clone());
         // Serves until the test binary exits.
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
                 count.fetch_add(1, Ordering::SeqCst);
-                let seen = seen.clone();
-                thread::spawn(move || serve(stream, behaviour, &seen));
+                let (seen, ends) = (seen.clone(), ends.clone());
+                thread::spawn(move || serve(stream, behaviour, &seen, &ends));
             }
         });
         Listener {
             addr,
             connections,
+            closed,
             heads,
         }
     }
@@ -71,7 +75,12 @@ impl Listener {
     }
 }
 
-fn serve(mut stream: TcpStream, behaviour: Upstream, seen: &Mutex<Vec<String>>) {
+fn serve(
+    mut stream: TcpStream,
+    behaviour: Upstream,
+    seen: &Mutex<Vec<String>>,
+    closed: &AtomicUsize,
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     loop {
         let mut head = String::new();
@@ -93,10 +102,15 @@ fn serve(mut stream: TcpStream, behaviour: Upstream, seen: &Mutex<Vec<String>>) 
                     return;
                 }
             }
-            Upstream::Silent => thread::sleep(Duration::from_secs(3600)),
-            Upstream::Stall => {
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nhello");
-                thread::sleep(Duration::from_secs(3600));
+            Upstream::Silent | Upstream::Stall => {
+                if let Upstream::Stall = behaviour {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\nhello");
+                }
+                // Holds the connection until the other side closes it.
+                let mut rest = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut reader, &mut rest);
+                closed.fetch_add(1, Ordering::SeqCst);
+                return;
             }
         }
     }
@@ -438,6 +452,32 @@ fn a_guest_may_shorten_each_timeout() {
 }
 
 #[test]
+fn a_request_outlived_by_its_guests_deadline_is_dropped_with_the_instance() {
+    let silent = Listener::start(Upstream::Silent);
+    let server = server_allowing(
+        &[&silent.origin()],
+        Limits {
+            guest_timeout: Duration::from_millis(500),
+            ..test_limits()
+        },
+    );
+    let request = format!(
+        "GET /fetch?url={}/ HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        silent.origin()
+    );
+    assert_eq!(server.exchange(request.as_bytes()).status, 504);
+    crate::support::eventually("the upstream connection is closed", || {
+        silent.closed.load(Ordering::SeqCst) == 1
+    });
+    crate::support::eventually("the abandoned request is counted", || {
+        value(
+            &scrape(&server),
+            "wasmhttpd_outgoing_requests_total{result=\"failed\"}",
+        ) == 1.0
+    });
+}
+
+#[test]
 fn one_instance_has_at_most_max_outbound_requests_open() {
     let upstream = Listener::start(Upstream::Answer);
     let server = server_allowing(
@@ -516,4 +556,75 @@ fn the_gateway_example_forwards_what_the_policy_allows() {
         1,
         "the denied request never connected"
     );
+}
+
+/// A TLS listener with a self-signed certificate, which no webpki root
+/// vouches for; sends on `errors` how each handshake ended.
+fn self_signed_tls() -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let chain = vec![key.cert.der().clone()];
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, errors) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let ended = loop {
+                match tls.complete_io(&mut stream) {
+                    Ok(_) if tls.is_handshaking() => continue,
+                    Ok(_) => break "handshake done".to_owned(),
+                    Err(err) => break err.to_string(),
+                }
+            };
+            let _ = sender.send(ended);
+        }
+    });
+    (addr, errors)
+}
+
+#[test]
+fn https_is_verified_against_the_webpki_roots() {
+    let (addr, handshakes) = self_signed_tls();
+    let server = server_allowing(&[&format!("https://{addr}")], test_limits());
+    let answer = fetch(&server, "", &format!("https://{addr}/"));
+    assert!(
+        answer.contains("error ErrorCode::TlsCertificateError"),
+        "{answer}"
+    );
+    let ended = handshakes
+        .recv_timeout(crate::support::CLIENT_TIMEOUT)
+        .unwrap();
+    // The host, as a TLS client, refused the certificate.
+    assert!(
+        ended.contains("UnknownCA") || ended.contains("BadCertificate"),
+        "{ended}"
+    );
+}
+
+#[test]
+fn a_guest_opens_no_socket_and_resolves_no_name_of_its_own() {
+    let upstream = Listener::start(Upstream::Answer);
+    // Even with every outgoing HTTP request allowed.
+    let server = server_allowing(&["http://*:*", &upstream.origin()], test_limits());
+    let request = format!(
+        "GET /socket?addr={} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        upstream.addr
+    );
+    let answer = server.exchange(request.as_bytes()).text();
+    let lines: Vec<&str> = answer.lines().collect();
+    assert_eq!(lines.len(), 2, "{answer}");
+    assert!(lines[0].starts_with("refused"), "{answer}");
+    assert!(lines[1].starts_with("refused"), "{answer}");
+    assert_eq!(upstream.connections(), 0);
 }

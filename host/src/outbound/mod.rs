@@ -129,6 +129,7 @@ impl WasiHttpHooks for Hooks {
             method: request.method().clone(),
             url: request.uri().to_string(),
             started: Instant::now(),
+            logged: false,
         };
         let open = self.open.clone();
         Box::new(async move { call.send(request, options, open).await })
@@ -180,13 +181,36 @@ struct Call {
     method: http::Method,
     url: String,
     started: Instant,
+    /// Whether its log line is written.
+    logged: bool,
+}
+
+impl Drop for Call {
+    /// A request whose guest went away before it was over (the instance
+    /// stopped at its deadline, or dropped the request) is logged too.
+    fn drop(&mut self) {
+        if self.logged {
+            return;
+        }
+        warn!(
+            target: "wasmhttpd::outbound",
+            id = self.id,
+            method = %self.method,
+            url = %self.url,
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "outgoing request abandoned by its guest"
+        );
+        self.outbound
+            .metrics
+            .outgoing(Outgoing::Failed, self.started.elapsed());
+    }
 }
 
 impl Call {
     /// Checks, connects and sends; a refusal or a failure is logged and
     /// counted here, a response once its body ends.
     async fn send(
-        self,
+        mut self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         open: Arc<Semaphore>,
@@ -328,7 +352,8 @@ impl Call {
 
     /// Logs and counts a request refused by the policy or a limit; the
     /// guest gets `error`.
-    fn denied(&self, reason: &str, error: Error) -> Error {
+    fn denied(&mut self, reason: &str, error: Error) -> Error {
+        self.logged = true;
         warn!(
             target: "wasmhttpd::outbound",
             id = self.id,
@@ -344,7 +369,8 @@ impl Call {
     }
 
     /// Logs and counts a request that was allowed and then failed.
-    fn failed(&self, err: &Error, status: Option<http::StatusCode>, bytes: u64) {
+    fn failed(&mut self, err: &Error, status: Option<http::StatusCode>, bytes: u64) {
+        self.logged = true;
         warn!(
             target: "wasmhttpd::outbound",
             id = self.id,
@@ -512,10 +538,10 @@ impl ResponseBody {
     /// Logs and counts the request: `error` if its body failed, or
     /// whether the guest read it to the end.
     fn finish(&mut self, error: Option<&Error>, complete: bool) {
-        let Some(done) = self.done.take() else {
+        let Some(mut done) = self.done.take() else {
             return;
         };
-        let call = &done.call;
+        let call = &mut done.call;
         if let Some(err) = error {
             call.failed(err, Some(done.status), self.bytes);
             return;
@@ -532,6 +558,7 @@ impl ResponseBody {
             complete,
             "outgoing request"
         );
+        call.logged = true;
         call.outbound
             .metrics
             .outgoing(Outgoing::Sent, call.started.elapsed());

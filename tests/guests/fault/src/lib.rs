@@ -30,6 +30,9 @@
 //! |                     | request-options if given; answers 200 `status N\n` and    |
 //! |                     | the body, then `body-error CODE` if it broke, or           |
 //! |                     | `error CODE` when no response came; under any route prefix |
+//! | `/socket?addr=A`    | opens a TCP connection to A (`ip:port`) through wasi:sockets, |
+//! |                     | then looks up `localhost`; answers a line for each:        |
+//! |                     | `connected` or `refused ERROR`, `resolved` or `refused ERROR` |
 //! | `/fetch-many?n=N&url=URL` | sends N requests at once, then answers a line per request: |
 //! |                     | `status N` or `error CODE`                                 |
 //!
@@ -171,6 +174,23 @@ impl Guest for Component {
             }
             path if path.ends_with("/fetch") => fetch(query, outparam),
             path if path.ends_with("/fetch-many") => fetch_many(query, outparam),
+            "/socket" => {
+                let addr = query.split_once("addr=").map_or("", |(_, addr)| addr);
+                let connect = match std::net::TcpStream::connect(addr) {
+                    Ok(_) => "connected".to_owned(),
+                    Err(err) => format!("refused {err}"),
+                };
+                let lookup = match std::net::ToSocketAddrs::to_socket_addrs("localhost:80") {
+                    Ok(_) => "resolved".to_owned(),
+                    Err(err) => format!("refused {err}"),
+                };
+                respond(
+                    outparam,
+                    200,
+                    &[],
+                    format!("{connect}\n{lookup}").as_bytes(),
+                );
+            }
             "/count" => {
                 let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
                 respond(outparam, 200, &[], count.to_string().as_bytes());
