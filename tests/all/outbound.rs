@@ -351,104 +351,104 @@ fn unanswered() -> Unanswered {
     }
 }
 
-/// Asserts the fetch failed with `code` (and not the guest's own 504).
-fn assert_failed_with(answer: &str, code: &str, what: &str) {
-    assert!(answer.contains(code), "{what}: {answer}");
+/// Three upstreams that each hold a request at another stage (the TCP
+/// handshake, the response head, the body after 5 bytes), and the fault
+/// guest allowed to reach them, with 8 s for itself and `cap` for each of
+/// the server's outbound timeouts.
+struct SlowUpstreams {
+    hung: Unanswered,
+    silent: Listener,
+    stalled: Listener,
+    server: TestServer,
+}
+
+impl SlowUpstreams {
+    fn start(cap: Duration) -> SlowUpstreams {
+        let hung = unanswered();
+        let silent = Listener::start(Upstream::Silent);
+        let stalled = Listener::start(Upstream::Stall);
+        let server = server_allowing(
+            &[
+                &format!("http://{}", hung.addr),
+                &silent.origin(),
+                &stalled.origin(),
+            ],
+            Limits {
+                outbound_connect_timeout: cap,
+                outbound_first_byte_timeout: cap,
+                outbound_between_bytes_timeout: cap,
+                guest_timeout: Duration::from_secs(8),
+                ..test_limits()
+            },
+        );
+        SlowUpstreams {
+            hung,
+            silent,
+            stalled,
+            server,
+        }
+    }
+
+    /// Fetches from each upstream with the request-options `options` (for
+    /// the connect, the first byte, the body) and asserts each request
+    /// failed at that timeout: a 200 from the guest saying so, where the
+    /// guest's own deadline would have been a 504.
+    fn assert_each_times_out(&self, options: [&str; 3]) {
+        let connect = fetch(
+            &self.server,
+            options[0],
+            &format!("http://{}/", self.hung.addr),
+        );
+        assert!(
+            connect.contains("error ErrorCode::ConnectionTimeout"),
+            "connect: {connect}"
+        );
+        let head = fetch(
+            &self.server,
+            options[1],
+            &format!("{}/", self.silent.origin()),
+        );
+        assert!(
+            head.contains("error ErrorCode::ConnectionReadTimeout"),
+            "first byte: {head}"
+        );
+        // The 5 bytes sent reach the guest before the body breaks.
+        let body = fetch(
+            &self.server,
+            options[2],
+            &format!("{}/", self.stalled.origin()),
+        );
+        assert!(
+            body.starts_with("status 200\nhello\nbody-error"),
+            "between bytes: {body}"
+        );
+        assert!(body.contains("read timeout"), "between bytes: {body}");
+    }
 }
 
 #[test]
 fn a_slow_upstream_hits_each_timeout_the_server_caps() {
-    let hung = unanswered();
-    let silent = Listener::start(Upstream::Silent);
-    let stalled = Listener::start(Upstream::Stall);
-    let server = server_allowing(
-        &[
-            &format!("http://{}", hung.addr),
-            &silent.origin(),
-            &stalled.origin(),
-        ],
-        Limits {
-            outbound_connect_timeout: Duration::from_millis(300),
-            outbound_first_byte_timeout: Duration::from_millis(300),
-            outbound_between_bytes_timeout: Duration::from_millis(300),
-            guest_timeout: Duration::from_secs(8),
-            ..test_limits()
-        },
+    let slow = SlowUpstreams::start(Duration::from_millis(300));
+    // The guest asks for a minute each time: the server's caps win.
+    slow.assert_each_times_out([
+        "connect-ms=60000&",
+        "first-byte-ms=60000&",
+        "between-ms=60000&",
+    ]);
+    let metrics = scrape(&slow.server);
+    let failed = value(
+        &metrics,
+        "wasmhttpd_outgoing_requests_total{result=\"failed\"}",
     );
-    // The guest asks for a minute each time: the server's caps win, well
-    // inside the guest's 8 s (a timeout of the guest would be a 504).
-    let long = "connect-ms=60000&first-byte-ms=60000&between-ms=60000&";
-    let connect = fetch(&server, long, &format!("http://{}/", hung.addr));
-    assert_failed_with(&connect, "error ErrorCode::ConnectionTimeout", "connect");
-    let first_byte = fetch(&server, long, &format!("{}/", silent.origin()));
-    assert_failed_with(
-        &first_byte,
-        "error ErrorCode::ConnectionReadTimeout",
-        "first byte",
-    );
-    let between = fetch(&server, long, &format!("{}/", stalled.origin()));
-    assert!(
-        between.starts_with("status 200\nhello\nbody-error"),
-        "{between}"
-    );
-    assert_failed_with(&between, "read timeout", "between bytes");
-    let metrics = scrape(&server);
-    assert_eq!(
-        value(
-            &metrics,
-            "wasmhttpd_outgoing_requests_total{result=\"failed\"}"
-        ),
-        3.0
-    );
+    assert_eq!(failed, 3.0);
 }
 
 #[test]
 fn a_guest_may_shorten_each_timeout() {
-    let hung = unanswered();
-    let silent = Listener::start(Upstream::Silent);
-    let stalled = Listener::start(Upstream::Stall);
     // The server's caps are longer than the guest's own deadline: only
     // the guest's request-options can end these requests before it.
-    let server = server_allowing(
-        &[
-            &format!("http://{}", hung.addr),
-            &silent.origin(),
-            &stalled.origin(),
-        ],
-        Limits {
-            outbound_connect_timeout: Duration::from_secs(600),
-            outbound_first_byte_timeout: Duration::from_secs(600),
-            outbound_between_bytes_timeout: Duration::from_secs(600),
-            guest_timeout: Duration::from_secs(8),
-            ..test_limits()
-        },
-    );
-    let connect = fetch(
-        &server,
-        "connect-ms=300&",
-        &format!("http://{}/", hung.addr),
-    );
-    assert_failed_with(&connect, "error ErrorCode::ConnectionTimeout", "connect");
-    let first_byte = fetch(
-        &server,
-        "first-byte-ms=300&",
-        &format!("{}/", silent.origin()),
-    );
-    assert_failed_with(
-        &first_byte,
-        "error ErrorCode::ConnectionReadTimeout",
-        "first byte",
-    );
-    let between = fetch(
-        &server,
-        "between-ms=300&",
-        &format!("{}/", stalled.origin()),
-    );
-    assert!(
-        between.starts_with("status 200\nhello\nbody-error"),
-        "{between}"
-    );
-    assert_failed_with(&between, "read timeout", "between bytes");
+    let slow = SlowUpstreams::start(Duration::from_secs(600));
+    slow.assert_each_times_out(["connect-ms=300&", "first-byte-ms=300&", "between-ms=300&"]);
 }
 
 #[test]
