@@ -106,7 +106,9 @@ impl Request {
     fn read(request: IncomingRequest) -> Request {
         Request {
             method: request.method(),
-            target: request.path_with_query().unwrap_or_else(|| "/".to_owned()),
+            // A request without a path (a host may pass one whose target is
+            // not origin-form, such as `..`) resolves to nothing: 400.
+            target: request.path_with_query().unwrap_or_default(),
             fields: request.headers().entries(),
         }
     }

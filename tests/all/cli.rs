@@ -186,11 +186,110 @@ fn unreadable_and_invalid_components_are_startup_errors() {
     let stderr = guest_startup_failure(&garbage);
     assert!(stderr.contains("invalid guest component"), "{stderr}");
 
-    // A valid core module that is not a wasi:http component.
-    let module = dir.path().join("module.wasm");
-    std::fs::write(&module, b"\0asm\x01\0\0\0").unwrap();
-    let stderr = guest_startup_failure(&module);
-    assert!(stderr.contains("invalid guest component"), "{stderr}");
+    // Files that are not components say what they are instead, and what
+    // to give.
+    for (file, bytes, says) in [
+        (
+            "empty.wasm",
+            &b""[..],
+            "the file is empty, not a WebAssembly component",
+        ),
+        (
+            "module.wasm",
+            b"\0asm\x01\0\0\0",
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2",
+        ),
+        (
+            "notes.txt",
+            b"these are notes\n",
+            "the file is not WebAssembly",
+        ),
+    ] {
+        let path = dir.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        let stderr = guest_startup_failure(&path);
+        assert!(stderr.contains("invalid guest component"), "{stderr}");
+        assert!(stderr.contains(says), "{file}: {stderr}");
+        assert!(
+            !stderr.contains("expected at least one module field"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_component_needing_more_memory_than_the_cap_is_refused_before_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    // 300 pages of 64 KiB at start: 18.75 MiB.
+    let big = dir.path().join("big.wasm");
+    std::fs::write(
+        &big,
+        wat::parse_str("(component (core module (memory 300)))").unwrap(),
+    )
+    .unwrap();
+    let root = demo_root();
+    let args = |memory: &'static str| {
+        vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--root".to_owned(),
+            root.display().to_string(),
+            "--cache-dir".to_owned(),
+            cache.display().to_string(),
+            "--guest".to_owned(),
+            big.display().to_string(),
+            "--guest-memory".to_owned(),
+            memory.to_owned(),
+        ]
+    };
+    let run = |memory| {
+        let args = args(memory);
+        startup_failure(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Under a cap that holds it, it compiles (and is cached), then fails
+    // for what it does not export.
+    let roomy = run("64");
+    assert!(roomy.contains("invalid guest component"), "{roomy}");
+    assert!(!roomy.contains("linear memory at start"), "{roomy}");
+
+    let tight = run("16");
+    assert!(
+        tight.contains(
+            "needs 19 MiB of linear memory at start, more than --guest-memory 16 MiB allows"
+        ),
+        "{tight}"
+    );
+    assert!(
+        tight.contains("start with --guest-memory 19 or more"),
+        "{tight}"
+    );
+    assert!(tight.contains("guest-memory=19"), "{tight}");
+    // The cache entry from the first run is good, and is not called bad.
+    assert!(!tight.contains("bad cache entry"), "{tight}");
+}
+
+#[test]
+fn a_guest_out_of_memory_is_logged_with_the_cap_to_raise() {
+    let (root, guest) = (demo_root(), fault_guest());
+    let server = start(
+        wasmhttpd()
+            .env("RUST_LOG", "warn")
+            .args(["--listen", "127.0.0.1:0", "--guest-memory", "16", "--root"])
+            .arg(root)
+            .arg("--guest")
+            .arg(guest),
+        "listening on http://",
+    );
+    assert_eq!(get(&client(), &server.url("/alloc")).0, 500);
+    let failed = server.wait_for_log("guest failed");
+    assert!(failed.contains("the guest ran out of memory"), "{failed}");
+    assert!(
+        failed.contains("past --guest-memory 16 MiB; raise --guest-memory"),
+        "{failed}"
+    );
+    // A guest that fits answers as before.
+    assert_eq!(get(&client(), &server.url("/alloc-mib?n=4")).0, 200);
 }
 
 #[test]
@@ -400,6 +499,13 @@ fn the_default_guest_runs_under_wasmtime_serve() {
         b"GET /../Cargo.toml HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
     );
     assert!(matches!(response.status, 400 | 404), "{}", response.status);
+    // Targets that are not origin-form, which wasmtime serve passes on:
+    // the guest refuses them itself rather than serving the root's index.
+    for target in ["..", "index.html", "*"] {
+        let request = format!("GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let response = support::exchange_at(server.addr, request.as_bytes());
+        assert_eq!(response.status, 400, "{target}: {}", response.text());
+    }
 }
 
 #[test]
@@ -623,6 +729,11 @@ fn a_warm_cache_skips_compilation_and_a_corrupt_entry_is_rebuilt() {
     assert!(loaded.contains("code=\"cache\""), "{loaded}");
     assert_eq!(get(&client(), &warm.url("/")).0, 200);
     drop(warm);
+    // Reused instances run the same compiled code: no second compile.
+    let reusing = start_logged(cache.path(), &[args[0], args[1], "--reuse", "8"]);
+    let loaded = reusing.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"cache\""), "--reuse: {loaded}");
+    drop(reusing);
 
     // Flip one byte in the middle of the compiled code.
     let mut bytes = std::fs::read(&entries[0]).unwrap();

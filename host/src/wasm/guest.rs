@@ -22,7 +22,9 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 use wasmtime::component::{Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{
+    Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
@@ -30,6 +32,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
+use super::inspect::{self, NotComponent};
 use super::output::{GuestOutput, Stream};
 use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
@@ -47,6 +50,31 @@ pub enum LoadError {
         path: PathBuf,
         /// Why.
         source: std::io::Error,
+    },
+    /// The file is not a component at all.
+    #[error("invalid guest component {name}: {why}")]
+    NotComponent {
+        /// The file.
+        name: String,
+        /// What it is instead.
+        why: NotComponent,
+    },
+    /// A module of the component needs more linear memory at start than
+    /// the route's cap allows.
+    #[error(
+        "guest component {name} needs {needs_mib} MiB of linear memory at start, more than \
+         --guest-memory {cap_mib} MiB allows: start with --guest-memory {needs_mib} or more \
+         (for one route, guest-memory={needs_mib} after its file)",
+        needs_mib = inspect::mib_to_hold(*.needs),
+        cap_mib = .cap >> 20
+    )]
+    Memory {
+        /// The file, or "default guest".
+        name: String,
+        /// Bytes its largest memory has at start.
+        needs: u64,
+        /// The cap, in bytes.
+        cap: usize,
     },
     /// The bytes are not a valid component, or it does not export
     /// `wasi:http/incoming-handler`, or it imports what the host lacks.
@@ -297,6 +325,21 @@ impl Guest {
             name: name.to_owned(),
             source,
         };
+        inspect::check_component(bytes).map_err(|why| LoadError::NotComponent {
+            name: name.to_owned(),
+            why,
+        })?;
+        // Checked before compiling: a compiled component would be refused
+        // for it anyway, at its first instance.
+        if let Some(needs) = inspect::initial_memory(bytes)
+            && needs > ctx.memory as u64
+        {
+            return Err(LoadError::Memory {
+                name: name.to_owned(),
+                needs,
+                cap: ctx.memory,
+            });
+        }
         let digest = Digest::of(bytes);
         let (component, origin) = ctx
             .cache
@@ -423,6 +466,7 @@ impl Guest {
                 })),
                 // A fault after the response head has no other witness.
                 Err(err) => {
+                    let err = store.data().explain(err);
                     fault.report_trap(&err);
                     Err(err)
                 }
@@ -508,7 +552,7 @@ impl GuestContext {
         let mut state = GuestState::new(
             &self.root, &self.env, deadline, lifted, request, hooks, live,
         )?;
-        state.limits = StoreLimitsBuilder::new().memory_size(self.memory).build();
+        state.limits = MemoryCap::new(self.memory);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -732,7 +776,7 @@ pub(crate) struct GuestState {
     /// longer applies.
     lifted: Arc<AtomicBool>,
     /// The route's memory cap (the pool's may be higher, for other routes).
-    limits: StoreLimits,
+    limits: MemoryCap,
     /// The id of the request (or WebSocket session) the instance serves,
     /// which its output is logged with.
     pub(crate) request: Arc<AtomicU64>,
@@ -768,7 +812,7 @@ impl GuestState {
             table: ResourceTable::new(),
             deadline,
             lifted,
-            limits: StoreLimits::default(),
+            limits: MemoryCap::new(usize::MAX),
             request,
             hooks,
             _live: live,
@@ -784,6 +828,78 @@ impl GuestState {
         self.request.store(id, Ordering::Relaxed);
         self.deadline = deadline;
         self.lifted = lifted;
+    }
+}
+
+impl GuestState {
+    /// `err`, a trap of this instance, with what to do about it when the
+    /// guest ran out of memory before it: a refused `memory.grow` shows
+    /// to the guest as a failed allocation, and most guests trap on that.
+    pub(crate) fn explain(&self, err: wasmtime::Error) -> wasmtime::Error {
+        match self.limits.refused {
+            Some(desired) => err.context(format!(
+                "the guest ran out of memory: it asked for {} MiB of linear memory, past \
+                 --guest-memory {} MiB; raise --guest-memory (or its route's guest-memory)",
+                inspect::mib_to_hold(desired as u64),
+                self.limits.cap >> 20
+            )),
+            None => err,
+        }
+    }
+}
+
+/// A store's memory cap, which remembers the last growth it refused.
+pub(crate) struct MemoryCap {
+    limits: StoreLimits,
+    /// Bytes of linear memory one instance may have.
+    cap: usize,
+    /// The size a refused `memory.grow` asked for.
+    refused: Option<usize>,
+}
+
+impl MemoryCap {
+    fn new(cap: usize) -> MemoryCap {
+        MemoryCap {
+            limits: StoreLimitsBuilder::new().memory_size(cap).build(),
+            cap,
+            refused: None,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.refused = Some(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod engine;
 pub mod guest;
+pub mod inspect;
 mod output;
 pub mod reload;
 mod reuse;

@@ -142,6 +142,10 @@ impl Session {
 
     /// Counts a failed call in the metrics.
     fn count<T>(&self, result: Result<T, GuestError>) -> Result<T, GuestError> {
+        let result = result.map_err(|err| match err {
+            GuestError::Trap(err) => GuestError::Trap(self.store.data().explain(err)),
+            other => other,
+        });
         if let Some(fault) = result.as_ref().err().and_then(GuestError::fault) {
             self.metrics.guest_fault(fault);
         }
