@@ -279,6 +279,15 @@ fn reuse_serves_several_requests_per_instance_and_no_more() {
 }
 
 #[test]
+fn a_guest_that_cannot_answer_twice_per_instance_is_no_longer_reused() {
+    let server = reusing(4);
+    let statuses: Vec<u16> = (0..6).map(|_| server.status("/first-only")).collect();
+    // The second request found its reused instance broken; after it each
+    // request gets a fresh instance, which answers.
+    assert_eq!(statuses, [200, 500, 200, 200, 200, 200]);
+}
+
+#[test]
 fn a_fault_in_a_reused_instance_ends_that_instance_only() {
     let server = reusing(100);
     assert_eq!(count(&server), 1);

@@ -26,7 +26,7 @@
 mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "wasmhttpd:guest/gateway",
+        world: "wasmhttpd:guest/handler",
         generate_all,
         features: ["clocks-timezone"],
     });

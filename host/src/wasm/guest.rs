@@ -39,6 +39,7 @@ use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
 use crate::metrics::{Fault, Metrics, Open};
 use crate::outbound::{Hooks, Outbound};
+use tracing::warn;
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -482,7 +483,7 @@ impl Guest {
             Ok(Ok(head)) => (head, Some(run)),
             // The outparam was dropped unset: the guest is returning or
             // trapping.
-            Ok(Err(_)) => return Err(unanswered(run.await)),
+            Ok(Err(_)) => return Err(self.unanswered(run.await, served)),
             // The guest returned (or trapped); it may have set its response
             // first.
             Err(done) => match receiver.try_recv() {
@@ -494,16 +495,40 @@ impl Guest {
                     }
                     (head, None)
                 }
-                Err(_) => return Err(unanswered(done)),
+                Err(_) => return Err(self.unanswered(done, served)),
             },
         };
         match head {
             Ok(response) => {
                 answered.store(true, Ordering::Relaxed);
+                if let (Some(pool), 1..) = (&self.pool, served) {
+                    pool.answered_again();
+                }
                 Ok((response, run))
             }
             Err(code) => Err(GuestError::ErrorCode(code)),
         }
+    }
+}
+
+impl Guest {
+    /// Why an instance that had served `served` requests left this one
+    /// unanswered; a guest that cannot answer twice on one instance stops
+    /// being reused.
+    fn unanswered<T>(&self, done: wasmtime::Result<T>, served: usize) -> GuestError {
+        let err = unanswered(done);
+        if let (GuestError::NoResponse, 1.., Some(pool)) = (&err, served, &self.pool)
+            && pool.stop_reuse()
+        {
+            warn!(
+                digest = %self.digest,
+                "a reused instance returned without a response, and none has answered a \
+                 second request: this guest cannot serve two requests on one instance (as \
+                 componentize-js fetch-event guests cannot), so each request gets a fresh \
+                 instance from now on; give its route reuse=1 (or --reuse 1)"
+            );
+        }
+        err
     }
 }
 

@@ -11,10 +11,18 @@
 //! one. An instance idle for [`IDLE_INSTANCE`] is dropped and its slot in
 //! the pooling allocator freed.
 //!
+//! Some guests cannot answer a second request on one instance: a
+//! componentize-js fetch-event guest returns without a response to every
+//! request after its first. A guest version whose reused instance returns
+//! without a response before any reused instance of it has answered is
+//! served with a fresh instance per request from then on
+//! ([`Pool::stop_reuse`]).
+//!
 //! Reuse trades isolation for speed: a guest that keeps state between
 //! requests (a global, a cache) shows it to the next request on the same
 //! instance.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +46,10 @@ pub(super) struct Pool<T> {
     idle: Mutex<Vec<Idle<T>>>,
     /// Requests one instance serves.
     reuse: usize,
+    /// Whether an instance has answered a request after its first.
+    reused: AtomicBool,
+    /// Whether this version gets a fresh instance per request from now on.
+    stopped: AtomicBool,
 }
 
 impl<T: Send + 'static> Pool<T> {
@@ -47,6 +59,8 @@ impl<T: Send + 'static> Pool<T> {
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             reuse,
+            reused: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(sweep(Arc::downgrade(&pool)));
@@ -62,7 +76,7 @@ impl<T: Send + 'static> Pool<T> {
     /// Gives back an instance that has served `served` requests and answered
     /// the last one; dropped instead once it has served its share.
     pub(super) fn give_back(&self, instance: T, served: usize) {
-        if served >= self.reuse {
+        if served >= self.reuse || self.stopped.load(Ordering::Relaxed) {
             return;
         }
         self.lock().push(Idle {
@@ -70,6 +84,24 @@ impl<T: Send + 'static> Pool<T> {
             served,
             since: Instant::now(),
         });
+    }
+
+    /// Notes that an instance answered a request after its first: the
+    /// guest can be reused.
+    pub(super) fn answered_again(&self) {
+        self.reused.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops reusing this version's instances after a reused one returned
+    /// without a response, unless one has answered a second request
+    /// before; true the one time it stops.
+    pub(super) fn stop_reuse(&self) -> bool {
+        if self.reused.load(Ordering::Relaxed) || self.stopped.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let idle = std::mem::take(&mut *self.lock());
+        drop(idle);
+        true
     }
 
     /// Drops the instances idle since before `cutoff`.

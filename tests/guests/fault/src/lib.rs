@@ -22,6 +22,8 @@
 //! | `/print`            | writes lines to stdout and stderr, then answers `ok`       |
 //! | `/alloc-mib?n=N`    | allocates N MiB, then answers 200 with the byte count      |
 //! | `/linger?ms=D`      | writes all of a 2-byte body, waits D ms, then ends it      |
+//! | `/first-only`       | `first` on an instance's first request to it; after that   |
+//! |                     | returns without a response                                 |
 //! | `/count`            | how many requests this instance has handled, this one included |
 //! | `/stream-gated?n=N` | `chunk 0\n`, then `chunk i\n` once the file `gate-i`     |
 //! |                     | appears in the root, for i < N                             |
@@ -190,6 +192,11 @@ impl Guest for Component {
                     &[],
                     format!("{connect}\n{lookup}").as_bytes(),
                 );
+            }
+            "/first-only" => {
+                if ANSWERED.fetch_add(1, Ordering::Relaxed) == 0 {
+                    respond(outparam, 200, &[], b"first");
+                }
             }
             "/count" => {
                 let count = REQUESTS.fetch_add(1, Ordering::Relaxed) + 1;
@@ -438,6 +445,9 @@ fn stream_gated(outparam: ResponseOutparam, chunks: u64) {
 
 /// Requests to `/count` this instance has handled.
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// Requests `/first-only` has seen in this instance.
+static ANSWERED: AtomicU64 = AtomicU64::new(0);
 
 /// Messages seen by this instance: one session's, since each session has
 /// an instance of its own.
