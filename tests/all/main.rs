@@ -9,6 +9,7 @@ mod support;
 mod bench;
 mod cli;
 mod compression;
+mod examples;
 mod guest_faults;
 mod guest_settings;
 mod http1;
