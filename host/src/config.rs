@@ -12,6 +12,7 @@ use std::time::Duration;
 use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Secs, Switch, settings};
 
 use crate::outbound::policy::{AllowList, Patterns};
+use crate::tls::TlsFiles;
 
 pub mod file;
 pub mod setting;
@@ -164,6 +165,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Reload a guest when its file changes.
     pub watch: bool,
+    /// Serve HTTPS with this certificate and key instead of cleartext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -181,6 +184,7 @@ impl Config {
             limits: Limits::default(),
             cache_dir: None,
             watch: false,
+            tls: None,
         }
     }
 
@@ -220,6 +224,11 @@ settings! {
         cache_dir: Maybe<FsPath> = None,
         /// Compile every component at start, without a cache.
         no_cache: Switch = false,
+        /// Serve HTTPS with this certificate chain (PEM, the server's own
+        /// certificate first); needs --tls-key. Reloaded when it changes.
+        tls_cert: Maybe<FsPath> = None,
+        /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+        tls_key: Maybe<FsPath> = None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! Layout:
 //! - [`config`]: the configuration and every limit, with its default.
 //! - [`server`]: binding, the accept loop, the connection cap.
+//! - [`tls`]: the certificate and key for HTTPS, checked and reloaded.
 //! - [`routes`]: which guest serves which path prefix.
 //! - [`dispatch`]: between the front ends and the guests, for every
 //!   protocol: a request's id and route, the guest's call and its checked
@@ -28,6 +29,8 @@
 //!   of their own.
 //! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
 //!   WebSocket upgrades).
+//! - [`watch`]: the files the server watches (guests, the TLS
+//!   certificate), reloaded when they change.
 //! - [`wasm`]: the engine, the compiled-component cache, loading a guest
 //!   and reloading it live, running a request or a WebSocket session
 //!   through it.
@@ -39,7 +42,9 @@ pub mod outbound;
 pub mod proto;
 pub mod routes;
 pub mod server;
+pub mod tls;
 pub mod wasm;
+pub mod watch;
 
 pub use config::{Config, GuestSource, Limits, Route, RouteLimits, Startup};
 pub use server::{Monitor, Reloader, Server, StartError, bind};

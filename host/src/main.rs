@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use wasmhttpd::config::file::ConfigFile;
 use wasmhttpd::config::{Config, GuestSource, Limits, Route, RouteLimits, Startup};
+use wasmhttpd::tls::TlsFiles;
 use wasmhttpd::wasm::cache::CompiledCache;
 
 /// A web server whose request handlers are sandboxed WebAssembly components.
@@ -145,6 +146,16 @@ impl Settings {
             (false, Some(dir)) => Some(dir),
             (false, None) => CompiledCache::default_dir(),
         };
+        let tls = match (startup.tls_cert, startup.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                anyhow::bail!("--tls-cert needs --tls-key: give the certificate's private key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("--tls-key needs --tls-cert: give the certificate chain")
+            }
+        };
         Ok(Config {
             root: startup.root,
             routes,
@@ -152,6 +163,7 @@ impl Settings {
             watch: !startup.no_watch,
             env,
             limits,
+            tls,
         })
     }
 }
@@ -204,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
 
     let (listen, metrics) = (settings.startup.listen, settings.startup.metrics);
     let config = settings.into_config()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = wasmhttpd::Server::new(config)?;
     let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
@@ -223,7 +240,7 @@ async fn main() -> anyhow::Result<()> {
     // Signal handlers are in place before the address is announced.
     tokio::spawn(reload_on_sighup(server.reloader()));
     let shutdown = shutdown_signal();
-    eprintln!("listening on http://{addr}/");
+    eprintln!("listening on {scheme}://{addr}/");
     server.run(listener, shutdown).await;
     Ok(())
 }

@@ -12,6 +12,7 @@
 //! | `wasmhttpd_guest_traps_total` | counter | guests that trapped (panic, `unreachable`, out of memory) |
 //! | `wasmhttpd_guest_timeouts_total` | counter | guests stopped at their deadline |
 //! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
+//! | `wasmhttpd_tls_reloads_total{result}` | counter | TLS certificate reloads, `loaded` or `failed` |
 //! | `wasmhttpd_outgoing_requests_total{result}` | counter | guests' outgoing requests: `sent` (a response came), `denied` (by the allow-list or `--max-outbound`), `failed` |
 //! | `wasmhttpd_outgoing_request_duration_seconds` | histogram | from an outgoing request's start to its response body's end (or its refusal or failure) |
 
@@ -82,6 +83,7 @@ pub struct Metrics {
     traps: Counter,
     timeouts: Counter,
     reloads: Family<ResultLabel, Counter>,
+    tls_reloads: Family<ResultLabel, Counter>,
     outgoing: Family<ResultLabel, Counter>,
     outgoing_latency: Histogram,
 }
@@ -102,6 +104,7 @@ impl Metrics {
         let [traps, timeouts] = [(); 2].map(|()| Counter::default());
         let reloads = Family::<ResultLabel, Counter>::default();
         let outgoing = Family::<ResultLabel, Counter>::default();
+        let tls_reloads = Family::<ResultLabel, Counter>::default();
         let outgoing_latency = Histogram::new(exponential_buckets(start, factor, count));
         let mut registry = Registry::with_prefix("wasmhttpd");
         registry.register(
@@ -141,6 +144,11 @@ impl Metrics {
             reloads.clone(),
         );
         registry.register(
+            "tls_reloads",
+            "TLS certificate reloads, loaded or failed",
+            tls_reloads.clone(),
+        );
+        registry.register(
             "outgoing_requests",
             "Outgoing requests of guests, sent, denied or failed",
             outgoing.clone(),
@@ -160,6 +168,7 @@ impl Metrics {
             traps,
             timeouts,
             reloads,
+            tls_reloads,
             outgoing,
             outgoing_latency,
         }
@@ -193,6 +202,14 @@ impl Metrics {
     pub(crate) fn reload(&self, swapped: bool) {
         let result = if swapped { "swapped" } else { "failed" };
         self.reloads.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// Counts a reload of the TLS certificate.
+    pub(crate) fn tls_reload(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "failed" };
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 
     /// Counts a guest's outgoing request and how long it took.

@@ -10,17 +10,19 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, RouteLimits};
 use crate::dispatch::Dispatch;
 use crate::metrics::Metrics;
 use crate::proto::conn::Conn;
 use crate::routes::Routes;
+use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest};
 use crate::wasm::engine::new_engine;
 use crate::wasm::guest::{GuestContext, LoadError};
-use crate::wasm::reload::{self, GuestSlot, Watching};
+use crate::wasm::reload::GuestSlot;
+use crate::watch::{Reload, Watching};
 
 /// Pending connections the kernel queues while all are busy.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -48,6 +50,9 @@ pub enum StartError {
     /// Two routes have the same prefix.
     #[error("two routes have the prefix {0}")]
     DuplicateRoute(String),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(TlsError),
 }
 
 /// Binds `addr` with `SO_REUSEADDR`, so a restarted server gets its port
@@ -69,6 +74,8 @@ struct Shared {
     /// Set to true when the server starts shutting down.
     shutdown: watch::Sender<bool>,
     guests: Arc<GuestContext>,
+    /// The certificate for HTTPS; `None` serves cleartext.
+    tls: Option<Arc<Certificates>>,
 }
 
 impl Shared {
@@ -136,12 +143,16 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Reloads every route whose guest comes from a file; logs each outcome.
+    /// Reloads every route whose guest comes from a file, and the TLS
+    /// certificate; logs each outcome.
     pub async fn reload_all(&self) {
         for slot in self.shared.routes().slots() {
             if matches!(slot.source(), GuestSource::File(_)) {
                 slot.reload_and_log().await;
             }
+        }
+        if let Some(tls) = &self.shared.tls {
+            tls.reload_and_log();
         }
     }
 }
@@ -169,6 +180,12 @@ impl Server {
         }
         let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
         let metrics = Arc::new(Metrics::new());
+        let tls = match config.tls {
+            Some(files) => Some(Arc::new(
+                Certificates::load(files, metrics.clone()).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
         let guests = Arc::new(GuestContext::new(
             engine,
             root,
@@ -193,10 +210,14 @@ impl Server {
         // Watching starts here, so that a file replaced as soon as the
         // server is up is seen.
         let watching = if config.watch {
-            let slots = table.iter().map(|(_, slot)| slot.clone()).collect();
-            reload::watch(slots)
+            let mut targets: Vec<Arc<dyn Reload>> = table
+                .iter()
+                .map(|(_, slot)| slot.clone() as Arc<dyn Reload>)
+                .collect();
+            targets.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
+            crate::watch::watch(targets)
                 .inspect_err(
-                    |err| error!(cause = %err, "cannot watch guest files; reload with SIGHUP"),
+                    |err| error!(cause = %err, "cannot watch the guest and certificate files; reload with SIGHUP"),
                 )
                 .ok()
         } else {
@@ -214,6 +235,7 @@ impl Server {
                 dispatch: Arc::new(dispatch),
                 shutdown,
                 guests,
+                tls,
             }),
             watching,
         })
@@ -294,12 +316,29 @@ impl Server {
             let Ok(local) = stream.local_addr() else {
                 continue;
             };
-            let dispatch = &self.shared.dispatch;
+            let dispatch = self.shared.dispatch.clone();
             let open = dispatch.metrics().connection();
-            let conn = Conn::new(stream, local, peer, dispatch.clone());
+            let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
             tokio::spawn(
                 async move {
-                    conn.serve().await;
+                    match tls {
+                        None => {
+                            Conn::new(stream, local, peer, false, dispatch)
+                                .serve()
+                                .await
+                        }
+                        Some(acceptor) => {
+                            // The handshake gets the time a request head does.
+                            let timeout = dispatch.limits().header_timeout;
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => {
+                                    Conn::new(stream, local, peer, true, dispatch).serve().await;
+                                }
+                                Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
+                                Err(_) => debug!("TLS handshake timed out"),
+                            }
+                        }
+                    }
                     drop((open, permit));
                 }
                 .instrument(info_span!("conn", %peer)),

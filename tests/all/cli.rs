@@ -1079,3 +1079,62 @@ fn a_bad_outbound_pattern_is_a_startup_error_naming_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn tls_files_that_cannot_serve_are_startup_errors_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, _) = crate::tls::certificate(dir.path(), "good");
+    let (other, _) = crate::tls::certificate(dir.path(), "other");
+    let root = demo_root();
+    let root = root.to_str().unwrap();
+    let fails = |cert: &Path, key: &Path| {
+        startup_failure(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--root",
+            root,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let missing = fails(Path::new("/no/such.crt"), &good.key);
+    assert!(
+        missing.contains("cannot read --tls-cert /no/such.crt"),
+        "{missing}"
+    );
+    let no_cert = fails(&good.key, &good.key);
+    assert!(no_cert.contains("holds no PEM certificate"), "{no_cert}");
+    let no_key = fails(&good.cert, &good.cert);
+    assert!(no_key.contains("holds no PEM private key"), "{no_key}");
+    let mismatched = fails(&good.cert, &other.key);
+    assert!(
+        mismatched.contains("is not the one the certificate was issued for"),
+        "{mismatched}"
+    );
+    assert!(
+        mismatched.contains(other.key.to_str().unwrap()),
+        "{mismatched}"
+    );
+    let alone = startup_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        root,
+        "--tls-cert",
+        good.cert.to_str().unwrap(),
+    ]);
+    assert!(alone.contains("--tls-cert needs --tls-key"), "{alone}");
+
+    // The pair that fits serves, and the address printed says https.
+    let server = start(
+        wasmhttpd()
+            .args(["--listen", "127.0.0.1:0", "--root", root, "--tls-cert"])
+            .arg(&good.cert)
+            .arg("--tls-key")
+            .arg(&good.key),
+        "listening on https://",
+    );
+    drop(server);
+}

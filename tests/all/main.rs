@@ -18,3 +18,4 @@ mod metrics;
 mod outbound;
 mod static_files;
 mod swap_and_routes;
+mod tls;

@@ -161,7 +161,14 @@ impl Dispatch {
             }
             Some(_) => {}
         }
-        let request = request.map(|body| limited(body, limit));
+        let mut request = request.map(|body| limited(body, limit));
+        if exchange.conn.tls {
+            let mut parts = request.uri().clone().into_parts();
+            parts.scheme = Some(http::uri::Scheme::HTTPS);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
         match guest.handle(request, exchange.id).await {
             Ok(response) => checked(exchange, response),
             Err(err) => {

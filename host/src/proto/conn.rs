@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use http_body::Body;
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
@@ -49,9 +49,30 @@ struct Sent {
     keep_alive: bool,
 }
 
+/// A client connection's byte stream: TCP, or TLS over it.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket itself, when nothing is layered over it: between
+    /// requests, the connection then waits on the socket with its buffers
+    /// given back.
+    fn tcp(&mut self) -> Option<&mut TcpStream>;
+}
+
+impl Transport for TcpStream {
+    fn tcp(&mut self) -> Option<&mut TcpStream> {
+        Some(self)
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    // TLS keeps its own buffers, and may hold a decrypted request already.
+    fn tcp(&mut self) -> Option<&mut TcpStream> {
+        None
+    }
+}
+
 /// A client connection.
-pub(crate) struct Conn {
-    io: TcpStream,
+pub(crate) struct Conn<S> {
+    io: S,
     buf: BytesMut,
     out: Vec<u8>,
     dispatch: Arc<Dispatch>,
@@ -66,11 +87,12 @@ pub(crate) struct Conn {
     shutdown: watch::Receiver<bool>,
 }
 
-impl Conn {
+impl<S: Transport> Conn<S> {
     pub(crate) fn new(
-        io: TcpStream,
+        io: S,
         local: SocketAddr,
         peer: SocketAddr,
+        tls: bool,
         dispatch: Arc<Dispatch>,
     ) -> Self {
         let limits = dispatch.limits();
@@ -87,11 +109,7 @@ impl Conn {
                 local.to_string(),
             ),
             dispatch,
-            conn: Connection {
-                peer,
-                local,
-                tls: false,
-            },
+            conn: Connection { peer, local, tls },
             served: 0,
         }
     }
@@ -295,9 +313,12 @@ impl Conn {
     /// `deadline`, or the server shuts down (`Ok(false)`). Ten thousand
     /// idle keep-alive connections then cost little more than their sockets.
     async fn wait_idle(&mut self, deadline: Instant) -> Result<bool, Error> {
+        let Some(tcp) = self.io.tcp() else {
+            return self.read_idle(deadline).await;
+        };
         loop {
             self.buf.reserve(READ_CHUNK);
-            match self.io.try_read_buf(&mut self.buf) {
+            match tcp.try_read_buf(&mut self.buf) {
                 Ok(0) => return Ok(false),
                 Ok(_) => return Ok(true),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -306,7 +327,7 @@ impl Conn {
             self.buf = BytesMut::new();
             self.out = Vec::new();
             let ready = tokio::select! {
-                ready = timeout_at(deadline, self.io.readable()) => ready,
+                ready = timeout_at(deadline, tcp.readable()) => ready,
                 _ = self.shutdown.changed() => return Ok(false),
             };
             match ready {
@@ -315,6 +336,20 @@ impl Conn {
                 // Readable may be spurious: try again.
                 Ok(Ok(())) => {}
             }
+        }
+    }
+
+    /// [`Conn::wait_idle`] over TLS: reads whatever comes next.
+    async fn read_idle(&mut self, deadline: Instant) -> Result<bool, Error> {
+        self.buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
+            read = timeout_at(deadline, self.io.read_buf(&mut self.buf)) => read,
+            _ = self.shutdown.changed() => return Ok(false),
+        };
+        match read {
+            Err(_) | Ok(Ok(0)) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(err)) => Err(err.into()),
         }
     }
 
@@ -543,7 +578,7 @@ impl Conn {
 
     /// The socket and the bytes read from it but not yet consumed, for a
     /// protocol that takes the connection over.
-    fn into_parts(self) -> (TcpStream, Vec<u8>) {
+    fn into_parts(self) -> (S, Vec<u8>) {
         (self.io, self.buf.to_vec())
     }
 
@@ -573,7 +608,7 @@ impl Conn {
 /// while the host waits on a guest: a long poll whose client left ends
 /// then, not at the guest's deadline. Bytes of pipelined requests that
 /// arrive meanwhile are kept in `buf`; past `cap` of them it stops reading.
-async fn client_gone(io: &mut TcpStream, buf: &mut BytesMut, cap: usize) {
+async fn client_gone(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut, cap: usize) {
     while buf.len() < cap {
         buf.reserve(READ_CHUNK);
         match io.read_buf(buf).await {

@@ -432,9 +432,13 @@ impl Guest {
         };
 
         let (sender, mut receiver) = oneshot::channel();
+        let scheme = match request.uri().scheme() {
+            Some(scheme) if *scheme == http::uri::Scheme::HTTPS => Scheme::Https,
+            _ => Scheme::Http,
+        };
         let setup = |store: &mut Store<GuestState>| {
             let mut http = store.data_mut().http();
-            let request = http.new_incoming_request(Scheme::Http, request)?;
+            let request = http.new_incoming_request(scheme, request)?;
             let outparam = http.new_response_outparam(sender)?;
             wasmtime::Result::Ok((request, outparam))
         };

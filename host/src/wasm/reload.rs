@@ -7,30 +7,20 @@
 //! new ones get the new version. A file that is half-written, not a
 //! component, or does not link is reported and the running version stays.
 //!
-//! [`watch`] turns file events into reloads: it watches each guest file's
-//! directory (so an editor's rename-over and a symlink switch are seen as
-//! well as a write in place) and lets a burst of events settle for
-//! [`DEBOUNCE`] before reloading once.
+//! [`crate::watch`] turns a guest file's changes into its slot's reload.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info};
 
 use super::cache::{Digest, Origin};
 use super::guest::{Guest, GuestContext, LoadError};
 use crate::config::GuestSource;
-
-/// Quiet time after a file event before the guest is reloaded: a copy or
-/// an editor's save emits several events, and a half-written file would
-/// fail to compile anyway.
-pub const DEBOUNCE: Duration = Duration::from_millis(250);
+use crate::watch::Reload;
 
 /// One route's guest: the version that runs now, and where new ones come from.
 pub struct GuestSlot {
@@ -182,100 +172,15 @@ impl GuestSlot {
     }
 }
 
-/// Guest files being watched from the moment [`watch`] returns; their
-/// events wait in a queue until [`Watching::reload_on_change`] runs.
-pub struct Watching {
-    _watcher: RecommendedWatcher,
-    events: mpsc::UnboundedReceiver<usize>,
-    slots: Vec<Arc<GuestSlot>>,
-}
-
-impl Watching {
-    /// Reloads each slot once its file has settled after a change, until
-    /// the returned future is dropped (which also stops the watching).
-    pub async fn reload_on_change(self) {
-        let Watching {
-            _watcher,
-            events,
-            slots,
-        } = self;
-        debounce(events, slots).await;
-    }
-}
-
-/// Starts watching the files behind `slots`. A change made as soon as this
-/// returns is seen, even before [`Watching::reload_on_change`] runs.
-pub fn watch(slots: Vec<Arc<GuestSlot>>) -> notify::Result<Watching> {
-    // (directory, file name) → slot, for the guest file and, when it is a
-    // symlink, the file it points to.
-    let mut watched: HashMap<(PathBuf, std::ffi::OsString), usize> = HashMap::new();
-    for (index, slot) in slots.iter().enumerate() {
-        let GuestSource::File(path) = slot.source() else {
-            continue;
-        };
-        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-        for file in [
-            Some(absolute.clone()),
-            std::fs::canonicalize(&absolute).ok(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if let (Some(dir), Some(name)) = (file.parent(), file.file_name()) {
-                watched.insert((dir.to_owned(), name.to_owned()), index);
-            }
+impl Reload for GuestSlot {
+    fn files(&self) -> Vec<PathBuf> {
+        match &self.source {
+            GuestSource::File(path) => vec![path.clone()],
+            GuestSource::Default => Vec::new(),
         }
     }
-    let (sender, receiver) = mpsc::unbounded_channel();
-    let keys: Vec<_> = watched.keys().cloned().collect();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let event = match event {
-            Ok(event) => event,
-            Err(err) => return warn!(cause = %err, "file watcher error"),
-        };
-        // Reading a file (the reload itself does) must not trigger a reload.
-        if let EventKind::Access(kind) = event.kind
-            && kind != AccessKind::Close(AccessMode::Write)
-        {
-            return;
-        }
-        for path in &event.paths {
-            if let (Some(dir), Some(name)) = (path.parent(), path.file_name())
-                && let Some(index) = watched.get(&(dir.to_owned(), name.to_owned()))
-            {
-                let _ = sender.send(*index);
-            }
-        }
-    })?;
-    let mut dirs: Vec<&Path> = keys.iter().map(|(dir, _)| dir.as_path()).collect();
-    dirs.sort();
-    dirs.dedup();
-    for dir in dirs {
-        watcher.watch(dir, RecursiveMode::NonRecursive)?;
-    }
-    Ok(Watching {
-        _watcher: watcher,
-        events: receiver,
-        slots,
-    })
-}
 
-/// Reloads each slot named on `events` once its events have stopped
-/// coming for [`DEBOUNCE`].
-async fn debounce(mut events: mpsc::UnboundedReceiver<usize>, slots: Vec<Arc<GuestSlot>>) {
-    while let Some(first) = events.recv().await {
-        let mut pending = vec![first];
-        loop {
-            match tokio::time::timeout(DEBOUNCE, events.recv()).await {
-                Ok(Some(index)) => pending.push(index),
-                Ok(None) => return,
-                Err(_) => break,
-            }
-        }
-        pending.sort_unstable();
-        pending.dedup();
-        for index in pending {
-            slots[index].reload_and_log().await;
-        }
+    fn reload(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.reload_and_log())
     }
 }

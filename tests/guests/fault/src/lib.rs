@@ -22,6 +22,7 @@
 //! | `/print`            | writes lines to stdout and stderr, then answers `ok`       |
 //! | `/alloc-mib?n=N`    | allocates N MiB, then answers 200 with the byte count      |
 //! | `/linger?ms=D`      | writes all of a 2-byte body, waits D ms, then ends it      |
+//! | `/scheme`           | the request's scheme, as wasi:http gives it                |
 //! | `/first-only`       | `first` on an instance's first request to it; after that   |
 //! |                     | returns without a response                                 |
 //! | `/count`            | how many requests this instance has handled, this one included |
@@ -192,6 +193,10 @@ impl Guest for Component {
                     &[],
                     format!("{connect}\n{lookup}").as_bytes(),
                 );
+            }
+            "/scheme" => {
+                let scheme = format!("{:?}", request.scheme());
+                respond(outparam, 200, &[], scheme.as_bytes());
             }
             "/first-only" => {
                 if ANSWERED.fetch_add(1, Ordering::Relaxed) == 0 {

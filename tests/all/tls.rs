@@ -1,0 +1,253 @@
+//! HTTPS: the HTTP/1.1 front end over rustls, with certificates made in
+//! the test (rcgen) and a real TLS client (rustls) trusting them: ALPN,
+//! both TLS versions, the HTTP/1 behaviour over TLS, wss, the scheme the
+//! guest sees, a certificate replaced on disk, and the files' errors.
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::metrics::{scrape, value};
+use crate::support::{
+    CLIENT_TIMEOUT, TestServer, demo_root, eventually, fault_guest, read_response, test_limits,
+};
+use wasmhttpd::tls::TlsFiles;
+use wasmhttpd::{Config, GuestSource};
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
+/// files in `dir`; returns the files and the certificate, for a client to
+/// trust.
+pub(crate) fn certificate(dir: &Path, name: &str) -> (TlsFiles, CertificateDer<'static>) {
+    let key =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let files = TlsFiles {
+        cert: dir.join(format!("{name}.crt")),
+        key: dir.join(format!("{name}.key")),
+    };
+    std::fs::write(&files.cert, key.cert.pem()).unwrap();
+    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+    (files, key.cert.der().clone())
+}
+
+/// A client configuration that trusts `root` only, offering `alpn`, for
+/// `versions` of TLS.
+fn client_config(
+    root: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// A TLS connection to `addr` as `localhost`, handshake done.
+pub(crate) fn connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let server = ServerName::try_from("localhost").unwrap();
+    let mut tls = StreamOwned::new(ClientConnection::new(config, server).unwrap(), tcp);
+    tls.conn.complete_io(&mut tls.sock).unwrap();
+    tls
+}
+
+/// The fault guest on the demo root, over TLS with a fresh certificate.
+struct Https {
+    server: TestServer,
+    root: CertificateDer<'static>,
+    files: TlsFiles,
+    _dir: tempfile::TempDir,
+}
+
+impl Https {
+    fn start() -> Https {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, root) = certificate(dir.path(), "server");
+        let server = TestServer::start(Config {
+            limits: test_limits(),
+            tls: Some(files.clone()),
+            watch: true,
+            ..Config::new(demo_root()).with_guest(GuestSource::File(fault_guest()))
+        });
+        Https {
+            server,
+            root,
+            files,
+            _dir: dir,
+        }
+    }
+
+    fn connect(&self) -> StreamOwned<ClientConnection, TcpStream> {
+        connect(
+            self.server.addr,
+            client_config(&self.root, &[b"h2", b"http/1.1"], rustls::DEFAULT_VERSIONS),
+        )
+    }
+}
+
+#[test]
+fn alpn_picks_http1_and_both_tls_versions_are_spoken() {
+    let https = Https::start();
+    let tls = https.connect();
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let config = client_config(&https.root, &[b"http/1.1"], &[version]);
+        let mut tls = connect(https.server.addr, config);
+        assert_eq!(tls.conn.protocol_version(), Some(version.version));
+        tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let response = read_response(&mut BufReader::new(tls), false);
+        assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+    }
+}
+
+#[test]
+fn http1_keeps_its_behaviour_over_tls() {
+    let https = Https::start();
+    let mut tls = https.connect();
+    // Keep-alive and pipelining: three requests in one write, one
+    // connection, answered in order.
+    tls.write_all(
+        b"GET /ok HTTP/1.1\r\nHost: localhost\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello\
+          GET /stream?n=3&ms=5 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = BufReader::new(tls);
+    let ok = read_response(&mut reader, false);
+    assert_eq!((ok.status, ok.text().as_str()), (200, "ok"));
+    let echo = read_response(&mut reader, false);
+    assert_eq!((echo.status, echo.text().as_str()), (200, "hello"));
+    let streamed = read_response(&mut reader, false);
+    assert!(streamed.chunked);
+    assert_eq!(streamed.text(), "chunk 0\nchunk 1\nchunk 2\n");
+    // The guest is told the request came over https.
+    let mut tls = reader.into_inner();
+    tls.write_all(b"GET /scheme HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(tls);
+    let scheme = read_response(&mut reader, false);
+    assert_eq!(scheme.text(), "Some(Scheme::Https)");
+    // Bad input still gets its status.
+    let mut tls = reader.into_inner();
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n")
+        .unwrap();
+    let bad = read_response(&mut BufReader::new(tls), false);
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn cleartext_and_broken_handshakes_leave_the_server_serving() {
+    let https = Https::start();
+    // Plain HTTP to the TLS port: no HTTP response, the connection ends.
+    let mut plain = TcpStream::connect(https.server.addr).unwrap();
+    plain.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A client that trusts another certificate refuses this one.
+    let other = tempfile::tempdir().unwrap();
+    let (_, stranger) = certificate(other.path(), "other");
+    let config = client_config(&stranger, &[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let tcp = TcpStream::connect(https.server.addr).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut refused = StreamOwned::new(ClientConnection::new(config, name).unwrap(), tcp);
+    assert!(refused.conn.complete_io(&mut refused.sock).is_err());
+    // And the server goes on.
+    let mut tls = https.connect();
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut BufReader::new(tls), false).status, 200);
+}
+
+#[test]
+fn wss_echoes_through_the_guest() {
+    let https = Https::start();
+    let config = client_config(&https.root, &[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let tls = connect(https.server.addr, config);
+    let url = format!("wss://localhost:{}/ws/echo", https.server.addr.port());
+    let (mut socket, response) = tungstenite::client(url.as_str(), tls).unwrap();
+    assert_eq!(response.status(), 101);
+    socket.send(tungstenite::Message::text("over tls")).unwrap();
+    assert_eq!(
+        socket.read().unwrap(),
+        tungstenite::Message::text("over tls")
+    );
+    socket.close(None).unwrap();
+}
+
+/// The certificate the server presents on a new handshake.
+fn presented(https: &Https, trust: &CertificateDer<'static>) -> Option<CertificateDer<'static>> {
+    let config = client_config(trust, &[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let tcp = TcpStream::connect(https.server.addr).unwrap();
+    tcp.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = StreamOwned::new(ClientConnection::new(config, name).unwrap(), tcp);
+    tls.conn.complete_io(&mut tls.sock).ok()?;
+    tls.conn
+        .peer_certificates()
+        .map(|chain| chain[0].clone().into_owned())
+}
+
+/// Writes `files`' pair over `target`'s, each by a rename, as a deploy
+/// does (the key first, so the pair matches once the certificate lands).
+fn replace(target: &TlsFiles, files: &TlsFiles) {
+    for (from, to) in [(&files.key, &target.key), (&files.cert, &target.cert)] {
+        let temp = PathBuf::from(format!("{}.new", to.display()));
+        std::fs::copy(from, &temp).unwrap();
+        std::fs::rename(&temp, to).unwrap();
+    }
+}
+
+#[test]
+fn a_certificate_replaced_on_disk_is_served_on_the_next_handshake() {
+    let https = Https::start();
+    assert_eq!(presented(&https, &https.root), Some(https.root.clone()));
+    let staging = tempfile::tempdir().unwrap();
+    let (renewed, renewed_cert) = certificate(staging.path(), "renewed");
+    replace(&https.files, &renewed);
+    eventually("the renewed certificate is presented", || {
+        presented(&https, &renewed_cert) == Some(renewed_cert.clone())
+    });
+
+    // A broken certificate is reported and the running one kept.
+    std::fs::write(staging.path().join("broken.crt"), "not a certificate\n").unwrap();
+    let temp = staging.path().join("broken.crt");
+    std::fs::copy(&temp, https.files.cert.with_extension("tmp")).unwrap();
+    std::fs::rename(https.files.cert.with_extension("tmp"), &https.files.cert).unwrap();
+    eventually("the broken certificate is refused", || {
+        value(
+            &scrape(&https.server),
+            "wasmhttpd_tls_reloads_total{result=\"failed\"}",
+        ) >= 1.0
+    });
+    assert_eq!(presented(&https, &renewed_cert), Some(renewed_cert));
+    assert!(
+        value(
+            &scrape(&https.server),
+            "wasmhttpd_tls_reloads_total{result=\"loaded\"}"
+        ) >= 1.0
+    );
+}
