@@ -102,6 +102,9 @@ pub const DEFAULT_OUTBOUND_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs
 /// gateway that fans out to a few services, not for one instance to flood
 /// them.
 pub const DEFAULT_MAX_OUTBOUND: u32 = 16;
+/// HTTP/2 streams one connection may have open at once, as nginx's
+/// `http2_max_concurrent_streams`; more are refused, not queued.
+pub const DEFAULT_H2_MAX_STREAMS: u32 = 128;
 
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +271,9 @@ settings! {
         /// Requests one connection may carry; the last says `Connection:
         /// close`.
         max_requests_per_connection: Count<u64> = DEFAULT_MAX_REQUESTS_PER_CONNECTION,
+        /// HTTP/2 streams one connection may have open at once; more are
+        /// refused (REFUSED_STREAM).
+        h2_max_streams: Count<u32> = DEFAULT_H2_MAX_STREAMS,
         /// Seconds the host has to connect for a guest's outgoing request
         /// (lookup, TCP, TLS); a guest's request-options may shorten it.
         outbound_connect_timeout: Secs = DEFAULT_OUTBOUND_CONNECT_TIMEOUT,

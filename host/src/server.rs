@@ -7,15 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, RouteLimits};
-use crate::dispatch::Dispatch;
+use crate::dispatch::{Connection, Dispatch};
 use crate::metrics::Metrics;
 use crate::proto::conn::Conn;
+use crate::proto::h2;
 use crate::routes::Routes;
 use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest};
@@ -321,30 +322,55 @@ impl Server {
             let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
             tokio::spawn(
                 async move {
-                    match tls {
-                        None => {
-                            Conn::new(stream, local, peer, false, dispatch)
-                                .serve()
-                                .await
-                        }
-                        Some(acceptor) => {
-                            // The handshake gets the time a request head does.
-                            let timeout = dispatch.limits().header_timeout;
-                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => {
-                                    Conn::new(stream, local, peer, true, dispatch).serve().await;
-                                }
-                                Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
-                                Err(_) => debug!("TLS handshake timed out"),
-                            }
-                        }
-                    }
+                    serve_connection(stream, local, peer, tls, dispatch).await;
                     drop((open, permit));
                 }
                 .instrument(info_span!("conn", %peer)),
             );
         }
     }
+}
+
+/// Serves one accepted connection with the front end it speaks: HTTP/2
+/// when TLS chose `h2` by ALPN or a cleartext connection opens with the
+/// HTTP/2 preface, HTTP/1.1 otherwise. A TLS handshake gets the time a
+/// request head does.
+async fn serve_connection(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    dispatch: Arc<Dispatch>,
+) {
+    let deadline = tokio::time::Instant::now() + dispatch.limits().header_timeout;
+    let Some(acceptor) = tls else {
+        let conn = Connection {
+            peer,
+            local,
+            tls: false,
+        };
+        let mut shutdown = dispatch.shutdown_signal();
+        if h2::prior_knowledge(&stream, deadline, &mut shutdown).await {
+            return h2::serve(stream, conn, dispatch).await;
+        }
+        return Conn::new(stream, local, peer, false, dispatch)
+            .serve()
+            .await;
+    };
+    let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => return debug!(cause = %err, "TLS handshake failed"),
+        Err(_) => return debug!("TLS handshake timed out"),
+    };
+    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let conn = Connection {
+            peer,
+            local,
+            tls: true,
+        };
+        return h2::serve(stream, conn, dispatch).await;
+    }
+    Conn::new(stream, local, peer, true, dispatch).serve().await;
 }
 
 /// Aborts a task when dropped: a server's background work when it stops.

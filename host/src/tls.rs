@@ -1,6 +1,6 @@
 //! HTTPS: the server's certificate chain and key (`--tls-cert`,
-//! `--tls-key`), read with rustls; TLS 1.2 and 1.3 only, ALPN
-//! `http/1.1`.
+//! `--tls-key`), read with rustls; TLS 1.2 and 1.3 only, ALPN `h2`
+//! (then HTTP/2) or `http/1.1`.
 //!
 //! The pair is checked at start (each file readable, a certificate and a
 //! private key in it, the key the certificate's), and every error names
@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::watch::Reload;
 
 /// The protocols the server offers in ALPN, most preferred first.
-pub const ALPN: [&[u8]; 1] = [b"http/1.1"];
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Where the certificate chain and its key are.
 #[derive(Debug, Clone, PartialEq, Eq)]

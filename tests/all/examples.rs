@@ -3,7 +3,7 @@
 //! by wasmhttpd over loopback: every route, keep-alive, the memory cap
 //! they need, reuse, and the same files under `wasmtime serve`.
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -216,13 +216,18 @@ fn the_examples_run_under_wasmtime_serve() {
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .arg(&component)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start wasmtime serve");
+        // It compiles the component before it listens: on a loaded
+        // machine, well past a client's timeout.
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let listening = stderr
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Serving HTTP on"));
+        assert!(listening, "wasmtime serve exited before listening");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        support::eventually("wasmtime serve listens", || {
-            std::net::TcpStream::connect(addr).is_ok()
-        });
         let hello = support::exchange_at(
             addr,
             b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",

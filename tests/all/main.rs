@@ -12,6 +12,7 @@ mod compression;
 mod examples;
 mod guest_faults;
 mod guest_settings;
+mod h2;
 mod http1;
 mod long_connections;
 mod metrics;

@@ -36,7 +36,7 @@ pub(crate) fn certificate(dir: &Path, name: &str) -> (TlsFiles, CertificateDer<'
 
 /// A client configuration that trusts `root` only, offering `alpn`, for
 /// `versions` of TLS.
-fn client_config(
+pub(crate) fn client_config(
     root: &CertificateDer<'static>,
     alpn: &[&[u8]],
     versions: &[&'static rustls::SupportedProtocolVersion],
@@ -92,19 +92,30 @@ impl Https {
         }
     }
 
+    /// An HTTP/1.1 client's connection (ALPN `http/1.1`).
     fn connect(&self) -> StreamOwned<ClientConnection, TcpStream> {
         connect(
             self.server.addr,
-            client_config(&self.root, &[b"h2", b"http/1.1"], rustls::DEFAULT_VERSIONS),
+            client_config(&self.root, &[b"http/1.1"], rustls::DEFAULT_VERSIONS),
         )
     }
 }
 
 #[test]
-fn alpn_picks_http1_and_both_tls_versions_are_spoken() {
+fn alpn_picks_h2_then_http1_and_both_tls_versions_are_spoken() {
     let https = Https::start();
+    let both = client_config(&https.root, &[b"h2", b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let tls = connect(https.server.addr, both);
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
     let tls = https.connect();
     assert_eq!(tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // A client that offers no ALPN gets HTTP/1.1.
+    let none = client_config(&https.root, &[], rustls::DEFAULT_VERSIONS);
+    let mut tls = connect(https.server.addr, none);
+    assert_eq!(tls.conn.alpn_protocol(), None);
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut BufReader::new(tls), false).status, 200);
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let config = client_config(&https.root, &[b"http/1.1"], &[version]);
         let mut tls = connect(https.server.addr, config);

@@ -142,8 +142,26 @@ impl Dispatch {
 
     /// The response to `request`: the guest's, once it has set its head
     /// (its body streams as the front end polls it), or a page of the
-    /// host's own. Dropping the future stops the guest.
+    /// host's own; without a body for `HEAD`, `204` and `304`, whose
+    /// fields it keeps. Dropping the future stops the guest.
     pub async fn respond<B>(&self, exchange: &Exchange, request: http::Request<B>) -> Response
+    where
+        B: Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let head_only = request.method() == Method::HEAD;
+        let response = self.answer(exchange, request).await;
+        let status = response.status();
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            // Dropping a guest's body stops the guest.
+            return response.map(|_| ResponseBody::Page(None));
+        }
+        response
+    }
+
+    /// [`Dispatch::respond`], before bodies that must not be sent are
+    /// taken off.
+    async fn answer<B>(&self, exchange: &Exchange, request: http::Request<B>) -> Response
     where
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,

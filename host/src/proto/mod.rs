@@ -1,4 +1,4 @@
-//! The HTTP/1.1 front end, on httparse.
+//! The front ends: HTTP/1.1 on httparse, and HTTP/2 on hyper.
 //!
 //! What the bytes mean is decided in the `wasmhttpd-h1` crate, without
 //! I/O (and fuzzed there); this module re-exports it and adds the I/O:
@@ -14,9 +14,12 @@
 //! - `websocket`: the HTTP/1.1 opening handshake and its `101`; the
 //!   session after it is the dispatch's.
 //!
+//! - [`h2`]: the HTTP/2 front end, hyper's server on the same dispatch.
+//!
 //! Each request goes to [`crate::dispatch`]; nothing here calls a guest.
 
 pub use wasmhttpd_h1::{decode, encode, error, reader, role};
 
 pub(crate) mod conn;
+pub mod h2;
 mod websocket;
