@@ -9,7 +9,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use crate::support::{self, TestServer, read_response, required_tool, test_limits};
-use wasmhttpd::{Config, GuestSource, Limits};
+use wasmhttpd::{Config, GuestSource, Limits, Route, RouteLimits};
 
 /// A language of the examples.
 #[derive(Clone, Copy, Debug)]
@@ -163,13 +163,20 @@ fn the_javascript_example_under_reuse_falls_back_to_fresh_instances() {
 /// of 1 MiB.
 fn needed_mib(language: Language) -> Option<usize> {
     let component = language.component()?;
+    // The route's own cap: the engine, sized by the server's 64 MiB, is
+    // the other tests', so the component compiled for them is reused.
     let config = |memory| Config {
-        limits: Limits {
-            guest_memory: memory,
-            ..test_limits()
-        },
+        routes: vec![
+            Route::new("/", GuestSource::File(component.clone()))
+                .unwrap()
+                .with_limits(RouteLimits {
+                    guest_memory: Some(memory),
+                    ..RouteLimits::default()
+                }),
+        ],
+        limits: test_limits(),
         cache_dir: Some(support::shared_cache()),
-        ..Config::new(support::demo_root()).with_guest(GuestSource::File(component.clone()))
+        ..Config::new(support::demo_root())
     };
     let error = match wasmhttpd::Server::new(config(1 << 20)) {
         Ok(_) => panic!("{} fits in 1 MiB", language.name()),
