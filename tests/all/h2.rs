@@ -199,3 +199,229 @@ fn h2c_by_prior_knowledge_beside_http1_on_one_port() {
     // HTTP/1.1 on the same port, as before.
     assert_eq!(server.status("/index.html"), 200);
 }
+
+/// Frame types (RFC 9113 §6).
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+/// Flags.
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+/// Error codes.
+const CANCEL: u32 = 0x8;
+const REFUSED_STREAM: u32 = 0x7;
+
+/// HTTP/2 frames written and read by hand on a cleartext connection,
+/// for what a well-behaved client never sends.
+struct Raw {
+    stream: std::net::TcpStream,
+}
+
+/// One frame as read: its type, flags, stream and payload.
+type RawFrame = (u8, u8, u32, Vec<u8>);
+
+impl Raw {
+    fn connect(addr: SocketAddr) -> Raw {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(crate::support::CLIENT_TIMEOUT))
+            .unwrap();
+        let mut raw = Raw { stream };
+        raw.write(wasmhttpd::proto::h2::PREFACE);
+        raw.frame(SETTINGS, 0, 0, &[]);
+        raw
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        // The server may have closed the connection: what it sent is read.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+
+    fn frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        self.write(&Raw::encode(kind, flags, stream, payload));
+    }
+
+    /// The next frame, or `None` once the server closed the connection.
+    fn read(&mut self) -> Option<RawFrame> {
+        use std::io::Read;
+        let mut head = [0_u8; 9];
+        self.stream.read_exact(&mut head).ok()?;
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0; length];
+        self.stream.read_exact(&mut payload).ok()?;
+        Some((head[3], head[4], stream, payload))
+    }
+
+    /// Reads frames until one matches `wanted`, or the connection ends.
+    fn read_until(&mut self, wanted: impl Fn(&RawFrame) -> bool) -> Option<RawFrame> {
+        while let Some(frame) = self.read() {
+            if wanted(&frame) {
+                return Some(frame);
+            }
+        }
+        None
+    }
+}
+
+/// An HPACK integer with an `n`-bit prefix, its first byte or-ed with
+/// `first` (RFC 7541 §5.1).
+fn hpack_int(first: u8, n: u32, value: usize, out: &mut Vec<u8>) {
+    let max = (1_usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// A header block for `GET path` (no Huffman, nothing indexed), with
+/// `extra` fields after the pseudo-headers.
+fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    // :method GET and :scheme http from the static table.
+    let mut block = vec![0x82, 0x86];
+    // :path and :authority: literal values of static-table names.
+    for (index, value) in [(4, path), (1, "t")] {
+        hpack_int(0x00, 4, index, &mut block);
+        hpack_int(0x00, 7, value.len(), &mut block);
+        block.extend(value.as_bytes());
+    }
+    for (name, value) in extra {
+        block.push(0x00);
+        hpack_int(0x00, 7, name.len(), &mut block);
+        block.extend(name.as_bytes());
+        hpack_int(0x00, 7, value.len(), &mut block);
+        block.extend(value.as_bytes());
+    }
+    block
+}
+
+#[test]
+fn thousands_of_streams_opened_and_reset_do_not_stop_other_clients() {
+    let server = TestServer::faults(test_limits());
+    let mut attacker = Raw::connect(server.addr);
+    let block = request_block("/ok", &[]);
+    let mut burst = Vec::new();
+    for i in 0..5_000_u32 {
+        let stream = 2 * i + 1;
+        burst.extend(Raw::encode(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &block,
+        ));
+        burst.extend(Raw::encode(RST_STREAM, 0, stream, &CANCEL.to_be_bytes()));
+    }
+    attacker.write(&burst);
+    // The server ends the attacker's connection with GOAWAY
+    // (ENHANCE_YOUR_CALM) rather than working through every stream.
+    let goaway = attacker.read_until(|(kind, ..)| *kind == GOAWAY);
+    let (_, _, _, payload) = goaway.expect("GOAWAY for a rapid reset");
+    let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    // Meanwhile other clients are served.
+    assert_eq!(server.status("/ok"), 200);
+    run(async {
+        let mut h2 = cleartext(server.addr).await;
+        let (status, _, _) = send(&mut h2, "GET", &format!("http://{}/ok", server.addr), b"").await;
+        assert_eq!(status, 200);
+    });
+}
+
+#[test]
+fn a_header_list_past_the_head_limit_is_refused() {
+    let server = TestServer::faults(test_limits());
+    let mut raw = Raw::connect(server.addr);
+    let big = "x".repeat(test_limits().max_head + 1024);
+    let block = request_block("/ok", &[("x-big", &big)]);
+    // In frames no bigger than the default 16 KiB: HEADERS, then
+    // CONTINUATION.
+    let mut pieces = block.chunks(8 * 1024).peekable();
+    let mut kind = HEADERS;
+    let mut flags = END_STREAM;
+    while let Some(piece) = pieces.next() {
+        let last = if pieces.peek().is_none() {
+            END_HEADERS
+        } else {
+            0
+        };
+        raw.frame(kind, flags | last, 1, piece);
+        (kind, flags) = (CONTINUATION, 0);
+    }
+    // Stream 1 is answered 431, without the guest.
+    let answer = raw.read_until(|(kind, _, stream, _)| *stream == 1 || *kind == GOAWAY);
+    let (kind, _, _, payload) = answer.expect("an answer on stream 1");
+    assert_eq!(kind, HEADERS, "{payload:?}");
+    // `:status: 431`, its value plain or Huffman-coded (RFC 7541 B).
+    let huffman_431 = [0x69, 0x90, 0xff];
+    assert!(
+        payload.windows(3).any(|w| w == b"431" || w == huffman_431),
+        "{payload:?}"
+    );
+    assert_eq!(server.status("/ok"), 200, "the server goes on");
+}
+
+#[test]
+fn streams_past_the_concurrency_limit_are_refused() {
+    let server = TestServer::faults(wasmhttpd::Limits {
+        h2_max_streams: 2,
+        guest_timeout: std::time::Duration::from_secs(5),
+        ..test_limits()
+    });
+    let mut raw = Raw::connect(server.addr);
+    let block = request_block("/sleep", &[]);
+    for stream in [1, 3, 5] {
+        raw.frame(HEADERS, END_HEADERS | END_STREAM, stream, &block);
+    }
+    let refused = raw.read_until(|(kind, _, stream, _)| *kind == RST_STREAM && *stream == 5);
+    let (_, _, _, payload) = refused.expect("stream 5 is reset");
+    assert_eq!(
+        u32::from_be_bytes(payload[..4].try_into().unwrap()),
+        REFUSED_STREAM
+    );
+}
+
+#[test]
+fn shutdown_sends_goaway_and_lets_streams_in_flight_finish() {
+    let mut server = TestServer::faults(test_limits());
+    let base = format!("http://{}", server.addr);
+    run(async {
+        let mut h2 = cleartext(server.addr).await;
+        let request = http::Request::get(format!("{base}/stream?n=5&ms=100"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        h2.ready().await.unwrap();
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        server.shut_down();
+        // The stream in flight ends whole...
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+        // ...and the connection takes no new one.
+        let again = http::Request::get(format!("{base}/ok"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let refused = async {
+            h2.ready().await?;
+            h2.send_request(again).await
+        };
+        assert!(refused.await.is_err(), "a stream after GOAWAY");
+    });
+}

@@ -168,6 +168,14 @@ impl TestServer {
         exchange_at(self.addr, request)
     }
 
+    /// Starts the server's graceful shutdown, as SIGTERM does, without
+    /// waiting for it to end.
+    pub fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// The status of `GET path` on a connection of its own.
     pub fn status(&self, path: &str) -> u16 {
         let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
