@@ -425,3 +425,69 @@ fn shutdown_sends_goaway_and_lets_streams_in_flight_finish() {
         assert!(refused.await.is_err(), "a stream after GOAWAY");
     });
 }
+
+/// Opens the WebSocket echo on a new stream of `h2` (an extended CONNECT)
+/// and sends `text` through it; returns what came back.
+async fn echo_over_h2(h2: &mut SendRequest<Full<Bytes>>, base: &str, text: &str) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("{base}/ws/echo"))
+        .header("sec-websocket-version", "13")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    h2.ready().await.unwrap();
+    let response = h2.send_request(request).await.expect("CONNECT answered");
+    assert_eq!(response.status(), 200);
+    let stream = hyper::upgrade::on(response)
+        .await
+        .expect("the stream opens");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(stream),
+        Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text(text)).await.unwrap();
+    let echoed = ws.next().await.expect("a reply").unwrap();
+    ws.close(None).await.unwrap();
+    echoed.into_text().unwrap().to_string()
+}
+
+#[test]
+fn websocket_over_h2_echoes_through_the_guest() {
+    let secure = Secure::start(GuestSource::Default);
+    let base = format!("https://localhost:{}", secure.server.addr.port());
+    run(async {
+        let mut h2 = secure.client().await;
+        // A request first: the server's SETTINGS, which allow extended
+        // CONNECT, have arrived by its answer.
+        assert_eq!(send(&mut h2, "GET", &format!("{base}/"), b"").await.0, 200);
+        assert_eq!(echo_over_h2(&mut h2, &base, "over h2").await, "over h2");
+        // The connection goes on serving beside the session.
+        assert_eq!(
+            send(&mut h2, "GET", &format!("{base}/index.html"), b"")
+                .await
+                .0,
+            200
+        );
+        assert_eq!(echo_over_h2(&mut h2, &base, "again").await, "again");
+        // A version other than 13 is refused as over HTTP/1.1.
+        let mut request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("{base}/ws/echo"))
+            .header("sec-websocket-version", "8")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let response = h2.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 426);
+        assert_eq!(response.headers()["sec-websocket-version"], "13");
+    });
+}

@@ -13,7 +13,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -190,30 +190,20 @@ impl<S: Transport> Conn<S> {
         let handshake = match websocket::check(&head) {
             Ok(handshake) => handshake,
             Err(err) => {
-                let (status, headers) = match err {
-                    websocket::HandshakeError::Malformed(why) => {
-                        warn!(
-                            id = exchange.id,
-                            target = exchange.target(),
-                            cause = why,
-                            "bad WebSocket handshake"
-                        );
-                        (StatusCode::BAD_REQUEST, HeaderMap::new())
-                    }
-                    websocket::HandshakeError::Version => {
-                        warn!(
-                            id = exchange.id,
-                            target = exchange.target(),
-                            "unsupported WebSocket version"
-                        );
-                        let mut headers = HeaderMap::new();
-                        headers.insert(
-                            header::SEC_WEBSOCKET_VERSION,
-                            HeaderValue::from_static(websocket::VERSION),
-                        );
-                        (StatusCode::UPGRADE_REQUIRED, headers)
-                    }
-                };
+                match err {
+                    websocket::HandshakeError::Malformed(why) => warn!(
+                        id = exchange.id,
+                        target = exchange.target(),
+                        cause = why,
+                        "bad WebSocket handshake"
+                    ),
+                    websocket::HandshakeError::Version => warn!(
+                        id = exchange.id,
+                        target = exchange.target(),
+                        "unsupported WebSocket version"
+                    ),
+                }
+                let (status, headers) = websocket::refusal(err);
                 return self.reject(exchange, dispatch::page(status, headers)).await;
             }
         };

@@ -21,6 +21,10 @@
 //!   connection ends with GOAWAY; CONTINUATION floods end at the header
 //!   list limit.
 //!
+//! A WebSocket opens on a stream by extended CONNECT (RFC 8441,
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL`) into the same guest export as over
+//! HTTP/1.1, so a browser on an `h2` connection needs no second one.
+//!
 //! On shutdown the connection sends GOAWAY and its streams in flight have
 //! `--shutdown-grace` to finish.
 
@@ -32,14 +36,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{StatusCode, Version};
+use http::{HeaderValue, Method, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::dispatch::{Connection, Dispatch, Exchange, ResponseBody};
+use super::websocket;
+use crate::dispatch::websocket::Upgrade;
+use crate::dispatch::{Connection, Dispatch, Exchange, Response, ResponseBody, page};
 use crate::wasm::guest::BodyError;
 
 /// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
@@ -106,7 +112,9 @@ where
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(MAX_LOCAL_RESETS)
         .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_INTERVAL);
+        .keep_alive_timeout(PING_INTERVAL)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     let open = Arc::new(AtomicUsize::new(0));
     let service = {
         let (dispatch, open) = (dispatch.clone(), open.clone());
@@ -152,6 +160,14 @@ async fn stream(
     open: Arc<AtomicUsize>,
 ) -> http::Response<Logged> {
     let exchange = dispatch.begin(request.method(), request.uri(), Version::HTTP_2, conn);
+    let is_websocket = request.method() == Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|protocol| protocol.as_str() == "websocket");
+    if is_websocket {
+        return open_websocket(dispatch, exchange, request, open).await;
+    }
     let streams = Streams::open(open);
     let response = dispatch.respond(&exchange, request).await;
     let status = response.status();
@@ -160,6 +176,75 @@ async fn stream(
         done: Some((exchange, status)),
         bytes: 0,
         _streams: streams,
+    })
+}
+
+/// A WebSocket opening on a stream (an extended CONNECT): if the guest
+/// accepts, `200` and the session on the stream, in a task of its own;
+/// else the refusal, as over HTTP/1.1.
+async fn open_websocket(
+    dispatch: &Dispatch,
+    exchange: Exchange,
+    mut request: http::Request<Incoming>,
+    open: Arc<AtomicUsize>,
+) -> http::Response<Logged> {
+    let refused = |exchange, response: Response| {
+        let status = response.status();
+        response.map(|body| Logged {
+            body,
+            done: Some((exchange, status)),
+            bytes: 0,
+            _streams: Streams::open(open.clone()),
+        })
+    };
+    let protocols = match websocket::check_extended_connect(request.headers()) {
+        Ok(protocols) => protocols,
+        Err(err) => {
+            debug!(id = exchange.id, ?err, "bad WebSocket opening over HTTP/2");
+            let (status, headers) = websocket::refusal(err);
+            return refused(exchange, page(status, headers));
+        }
+    };
+    let upgrade = Upgrade {
+        path_with_query: exchange.target().to_owned(),
+        protocols,
+        headers: request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect(),
+    };
+    let switch = match dispatch.open_websocket(&exchange, upgrade).await {
+        Ok(switch) => switch,
+        Err(response) => return refused(exchange, response),
+    };
+    let mut response = http::Response::new(ResponseBody::Page(None));
+    if let Some(protocol) = switch
+        .protocol()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    let upgraded = hyper::upgrade::on(&mut request);
+    let session = Streams::open(open.clone());
+    tokio::spawn(async move {
+        match upgraded.await {
+            Ok(stream) => {
+                switch
+                    .run(exchange, TokioIo::new(stream), Vec::new(), 0)
+                    .await
+            }
+            Err(err) => debug!(id = exchange.id, cause = %err, "WebSocket stream never opened"),
+        }
+        drop(session);
+    });
+    response.map(|body| Logged {
+        body,
+        done: None,
+        bytes: 0,
+        _streams: Streams::open(open),
     })
 }
 

@@ -1,5 +1,5 @@
-//! WebSocket over HTTP/1.1 (RFC 6455): the opening handshake's checks and
-//! the `101`, without I/O; the connection loop answers with them, and the
+//! WebSocket over HTTP/1.1 (RFC 6455) and HTTP/2 (RFC 8441): the opening
+//! handshake's checks and the `101`, without I/O; the connection loop answers with them, and the
 //! session after the `101` is the dispatch's
 //! ([`crate::dispatch::websocket`]), on the connection handed over.
 
@@ -56,11 +56,29 @@ pub(crate) fn check(head: &RequestHead) -> Result<Handshake, HandshakeError> {
     let key = single(&head.headers, header::SEC_WEBSOCKET_KEY)
         .filter(|key| is_nonce(key))
         .ok_or(Malformed("missing or invalid Sec-WebSocket-Key"))?;
+    Ok(Handshake {
+        accept: derive_accept_key(key.as_bytes()),
+        protocols: offered(&head.headers)?,
+    })
+}
+
+/// Checks a WebSocket opening over HTTP/2 (RFC 8441 §5): an extended
+/// CONNECT with `:protocol websocket`, which carries the version and the
+/// subprotocols as HTTP/1.1 does, and no key. Returns the subprotocols.
+pub(crate) fn check_extended_connect(headers: &HeaderMap) -> Result<Vec<String>, HandshakeError> {
+    if single(headers, header::SEC_WEBSOCKET_VERSION) != Some(VERSION) {
+        return Err(HandshakeError::Version);
+    }
+    offered(headers)
+}
+
+/// The subprotocols `headers` offer, in the client's order.
+fn offered(headers: &HeaderMap) -> Result<Vec<String>, HandshakeError> {
     let mut protocols = Vec::new();
-    for value in head.headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+    for value in headers.get_all(header::SEC_WEBSOCKET_PROTOCOL) {
         let value = value
             .to_str()
-            .map_err(|_| Malformed("invalid Sec-WebSocket-Protocol"))?;
+            .map_err(|_| HandshakeError::Malformed("invalid Sec-WebSocket-Protocol"))?;
         protocols.extend(
             value
                 .split(',')
@@ -69,10 +87,23 @@ pub(crate) fn check(head: &RequestHead) -> Result<Handshake, HandshakeError> {
                 .map(str::to_owned),
         );
     }
-    Ok(Handshake {
-        accept: derive_accept_key(key.as_bytes()),
-        protocols,
-    })
+    Ok(protocols)
+}
+
+/// The page an opening refused before the guest saw it gets: 400, or
+/// 426 naming the version this server speaks.
+pub(crate) fn refusal(err: HandshakeError) -> (http::StatusCode, HeaderMap) {
+    match err {
+        HandshakeError::Malformed(_) => (http::StatusCode::BAD_REQUEST, HeaderMap::new()),
+        HandshakeError::Version => {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                http::HeaderValue::from_static(VERSION),
+            );
+            (http::StatusCode::UPGRADE_REQUIRED, headers)
+        }
+    }
 }
 
 /// The value of a field that must appear exactly once.
