@@ -232,6 +232,9 @@ settings! {
         tls_cert: Maybe<FsPath> = None,
         /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
         tls_key: Maybe<FsPath> = None,
+        /// Also listen on ADDR in cleartext, answering every request with
+        /// 308 to the same URL on https; needs --tls-cert.
+        http_redirect: Maybe<Addr> = None,
     }
 }
 

@@ -215,6 +215,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (listen, metrics) = (settings.startup.listen, settings.startup.metrics);
+    let redirect = settings.startup.http_redirect;
     let config = settings.into_config()?;
     let scheme = if config.tls.is_some() {
         "https"
@@ -236,6 +237,20 @@ async fn main() -> anyhow::Result<()> {
             "metrics on http://{metrics_addr}{}",
             wasmhttpd::metrics::PATH
         );
+    }
+    if let Some(redirect) = redirect {
+        if scheme != "https" {
+            anyhow::bail!("--http-redirect sends clients to https: give --tls-cert and --tls-key");
+        }
+        let redirect_listener = wasmhttpd::bind(redirect)
+            .with_context(|| format!("cannot listen for --http-redirect on {redirect}"))?;
+        let redirect_addr = redirect_listener.local_addr()?;
+        tokio::spawn(wasmhttpd::proto::endpoint::serve(
+            redirect_listener,
+            "redirect",
+            wasmhttpd::proto::endpoint::redirect_to_https(addr.port()),
+        ));
+        eprintln!("redirecting to https: http://{redirect_addr}/");
     }
     // Signal handlers are in place before the address is announced.
     tokio::spawn(reload_on_sighup(server.reloader()));

@@ -19,20 +19,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tracing::{Instrument, debug, error, info_span};
+use tokio::net::TcpListener;
 
-use crate::config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES, DEFAULT_WRITE_TIMEOUT};
-use crate::proto::role::{self, BodyKind, Framing};
+use crate::proto::endpoint::{self, Reply};
+use crate::proto::role::RequestHead;
 
 /// The one path the endpoint serves.
 pub const PATH: &str = "/metrics";
@@ -274,60 +271,11 @@ impl Drop for Open {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the future is dropped.
+/// Serves `GET /metrics` on `listener` until the future is dropped: the
+/// metrics on `GET` (and `HEAD`) of [`PATH`], 404 elsewhere, 405 for other
+/// methods.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let metrics = metrics.clone();
-                tokio::spawn(
-                    async move {
-                        if let Err(err) = scrape(stream, &metrics).await {
-                            debug!(cause = %err, "metrics connection ended");
-                        }
-                    }
-                    .instrument(info_span!("metrics", %peer)),
-                );
-            }
-            Err(err) => {
-                error!(cause = %err, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Answers the requests of one connection to the endpoint: the metrics
-/// on `GET /metrics`, 404 elsewhere, 405 for other methods; a request with
-/// a body or a bad head ends the connection.
-async fn scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let authority = stream.local_addr()?.to_string();
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let parsed = loop {
-            match role::parse_request(&buf, DEFAULT_MAX_HEAD_BYTES, &authority) {
-                Ok(Some(parsed)) => break Ok(parsed),
-                Ok(None) => {}
-                Err(err) => break Err(err),
-            }
-            let read = timeout(DEFAULT_HEADER_TIMEOUT, stream.read_buf(&mut buf)).await;
-            match read {
-                Ok(Ok(0)) | Err(_) => return Ok(()),
-                Ok(Ok(_)) => {}
-                Ok(Err(err)) => return Err(err),
-            }
-        };
-        let (head, len) = match parsed {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                let status = err.status().unwrap_or(StatusCode::BAD_REQUEST);
-                let out = head_bytes(status, &HeaderMap::new(), 0, false, Version::HTTP_11);
-                return write(&mut stream, &out).await;
-            }
-        };
-        buf.drain(..len);
-        // This endpoint takes no bodies: one ends the connection.
-        let keep_alive = head.keep_alive && head.body == BodyKind::Empty;
+    let handler = Arc::new(move |head: &RequestHead| {
         let mut headers = HeaderMap::new();
         let (status, body) = if head.uri.path() != PATH {
             (StatusCode::NOT_FOUND, String::new())
@@ -338,48 +286,11 @@ async fn scrape(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             (StatusCode::OK, metrics.encode())
         };
-        let mut out = head_bytes(
+        Reply {
             status,
-            &headers,
-            body.len() as u64,
-            keep_alive,
-            head.version,
-        );
-        if head.method != Method::HEAD {
-            out.extend_from_slice(body.as_bytes());
+            headers,
+            body,
         }
-        write(&mut stream, &out).await?;
-        if !keep_alive {
-            return Ok(());
-        }
-    }
-}
-
-/// A response head with a `Content-Length` of `length`.
-fn head_bytes(
-    status: StatusCode,
-    headers: &HeaderMap,
-    length: u64,
-    keep_alive: bool,
-    version: Version,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    role::encode_response_head(
-        &mut out,
-        status,
-        headers,
-        Framing::Length(length),
-        keep_alive,
-        version,
-        &date,
-    );
-    out
-}
-
-async fn write(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
-    match timeout(DEFAULT_WRITE_TIMEOUT, stream.write_all(bytes)).await {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    });
+    endpoint::serve(listener, "metrics", handler).await;
 }

@@ -1138,3 +1138,68 @@ fn tls_files_that_cannot_serve_are_startup_errors_naming_them() {
     );
     drop(server);
 }
+
+#[test]
+fn the_redirect_listener_sends_every_request_to_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = crate::tls::certificate(dir.path(), "server");
+    let root = demo_root();
+    let server = start(
+        wasmhttpd()
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http-redirect",
+                "127.0.0.1:0",
+                "--root",
+            ])
+            .arg(&root)
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key),
+        "redirecting to https: http://",
+    );
+    let https_port = server.wait_for_log("listening on https://");
+    let https_port = https_port
+        .trim()
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (request, location) in [
+        (
+            "GET /a/b?q=1 HTTP/1.1\r\nHost: example.com:8080\r\nConnection: close\r\n\r\n",
+            format!("https://example.com:{https_port}/a/b?q=1"),
+        ),
+        (
+            "POST /form HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            format!("https://localhost:{https_port}/form"),
+        ),
+        (
+            "HEAD / HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n",
+            format!("https://[::1]:{https_port}/"),
+        ),
+    ] {
+        let response = support::exchange_at(server.addr, request.as_bytes());
+        assert_eq!(response.status, 308, "{request}");
+        assert_eq!(
+            response.header("location"),
+            Some(location.as_str()),
+            "{request}"
+        );
+    }
+    let stderr = startup_failure(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--root",
+        root.to_str().unwrap(),
+        "--http-redirect",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        stderr.contains("--http-redirect sends clients to https"),
+        "{stderr}"
+    );
+}

@@ -15,11 +15,14 @@
 //!   session after it is the dispatch's.
 //!
 //! - [`h2`]: the HTTP/2 front end, hyper's server on the same dispatch.
+//! - [`endpoint`]: the host's own small listeners (metrics, the redirect
+//!   to HTTPS), answering from a request's head.
 //!
 //! Each request goes to [`crate::dispatch`]; nothing here calls a guest.
 
 pub use wasmhttpd_h1::{decode, encode, error, reader, role};
 
 pub(crate) mod conn;
+pub mod endpoint;
 pub mod h2;
 mod websocket;
