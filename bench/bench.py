@@ -9,14 +9,20 @@ throughput, the server's CPU time per request, the ratio of wasmhttpd to each
 peer, the resident memory of each server holding 10 000 idle keep-alive
 connections, and how the figures stand against the project's targets.
 
+Over TLS it loads wasmhttpd (fresh and --reuse) and nginx (`listen ... ssl
+http2`, the same files) with a certificate made for the run: h2load on
+HTTP/2 with 10 streams per connection, and wrk with a new TLS connection per
+request.
+
     python3 bench/bench.py [--duration 10] [--rounds 3] [--connections 64] [--only CASE ...]
 
 `--no-build --wasmhttpd PATH --guest PATH` runs given binaries instead (the
 test suite runs a short pass of the script that way).
 
 Needs wrk and nginx (apt-get install wrk nginx-light) and the wasmtime CLI
-(cargo install wasmtime-cli --version 48.0.8 --locked); builds wasmhttpd and
-the guest in release mode first.
+(cargo install wasmtime-cli --version 48.0.8 --locked); the TLS cases also
+need openssl and h2load (apt-get install openssl nghttp2-client). Builds
+wasmhttpd and the guest in release mode first.
 """
 
 import argparse
@@ -47,6 +53,13 @@ CASES = [
     ("404", "/missing.html", None, []),
     ("new-conn", "/index.html", 16, ["-H", "Connection: close"]),
 ]
+# Over TLS, against the TLS servers: name, path, connections, client.
+TLS_CASES = [
+    ("h2", "/index.html", 16, "h2load"),
+    ("tls-new-conn", "/index.html", 16, "wrk"),
+]
+# HTTP/2 streams h2load keeps open per connection.
+H2_STREAMS = 10
 
 
 def free_port():
@@ -145,9 +158,9 @@ def parse_size(text):
     return float(value) * {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}[unit]
 
 
-def wrk(port, path, connections, duration, extra):
+def wrk(port, path, connections, duration, extra, scheme="http"):
     args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
-            f"http://127.0.0.1:{port}{path}"]
+            f"{scheme}://127.0.0.1:{port}{path}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -161,6 +174,40 @@ def wrk(port, path, connections, duration, extra):
         "non2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",
     }
+
+
+def h2load(port, path, connections, duration):
+    """HTTP/2 over TLS, H2_STREAMS streams per connection. h2load gives no
+    percentiles: p50 is its mean time per request, p99 is left out."""
+    args = ["h2load", f"-c{connections}", f"-m{H2_STREAMS}", f"-D{duration}", "-t2",
+            f"https://127.0.0.1:{port}{path}"]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    finished = re.search(r"finished in \S+, ([\d.]+) req/s, ([\d.]+)([KMG]?B)/s", out)
+    requests = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, "
+                         r"(\d+) failed, (\d+) errored", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    return {
+        "requests": int(requests.group(2)),
+        "rps": float(finished.group(1)),
+        "p50": parse_duration(mean.group(1)),
+        "p99": None,
+        "bytes": parse_size(finished.group(2) + finished.group(3)),
+        "non2xx": int(requests.group(1)) - int(requests.group(2)),
+        "socket_errors": f"{requests.group(3)} failed, {requests.group(4)} errored"
+        if requests.group(3) != "0" or requests.group(4) != "0" else "",
+    }
+
+
+def certificate(workdir):
+    """A self-signed certificate for 127.0.0.1, for the TLS servers."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
 
 
 def hold_idle(port, count):
@@ -185,12 +232,18 @@ def hold_idle(port, count):
     return sockets, None
 
 
-def nginx_config(root, port, workdir):
+def nginx_config(root, port, workdir, tls=None):
+    listen = f"listen 127.0.0.1:{port} reuseport;"
+    if tls:
+        cert, key = tls
+        listen = (f"listen 127.0.0.1:{port} ssl http2 reuseport;\n"
+                  f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+                  f"        ssl_protocols TLSv1.2 TLSv1.3;\n        http2_max_concurrent_streams 128;")
     return f"""
 worker_processes auto;
 daemon off;
 user root;
-pid {workdir}/nginx.pid;
+pid {workdir}/nginx{"-tls" if tls else ""}.pid;
 error_log {workdir}/nginx-error.log;
 events {{ worker_connections 20000; }}
 http {{
@@ -206,7 +259,7 @@ http {{
     uwsgi_temp_path {workdir}/uwsgi;
     scgi_temp_path {workdir}/scgi;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        {listen}
         root {root};
         index index.html;
     }}
@@ -251,6 +304,57 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                                "--compression", "false"], port))
 
 
+def start_tls_servers(servers, root, workdir, wasmhttpd):
+    """wasmhttpd (fresh and --reuse) and nginx, each over TLS with one
+    certificate; HTTP/2 by ALPN."""
+    cert, key = certificate(workdir)
+    common = ["--root", str(root), "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
+              "--max-requests-per-connection", "1000000",
+              "--tls-cert", str(cert), "--tls-key", str(key)]
+    for name, extra in [("wasmhttpd", []), (f"wasmhttpd --reuse {REUSE}", ["--reuse", str(REUSE)])]:
+        port = free_port()
+        servers.append(Server(name, [str(wasmhttpd), "--listen", f"127.0.0.1:{port}",
+                                     *common, *extra], port))
+    port = free_port()
+    conf = workdir / "nginx-tls.conf"
+    conf.write_text(nginx_config(root, port, workdir, tls=(cert, key)))
+    servers.append(Server("nginx", ["nginx", "-c", str(conf)], port))
+
+
+def run_cases(cases, servers, args, load):
+    """Runs each case on every server, rounds interleaved; the median run
+    of each counts."""
+    results = {}
+    for name, path, connections, client in cases:
+        if args.only and name not in args.only:
+            continue
+        # Rounds interleave the servers, each round starting with the next
+        # one, so that a noisy minute on a shared machine lands on every
+        # server rather than on one.
+        runs = {server.name: [] for server in servers}
+        for round_ in range(args.rounds):
+            first = round_ % len(servers)
+            for server in servers[first:] + servers[:first]:
+                cpu = server.cpu_seconds()
+                r = load(server.port, path, connections or args.connections, client)
+                # Server CPU per request: steadier than req/s on a shared
+                # machine, and free of the client's own share.
+                r["cpu_us"] = (server.cpu_seconds() - cpu) / max(r["requests"], 1) * 1e6
+                runs[server.name].append(r)
+                p99 = f"{r['p99']:7.2f}" if r["p99"] is not None else "      –"
+                print(f"{name:12} {server.name:26} {r['rps']:10.0f} req/s  "
+                      f"p50 {r['p50']:7.2f} ms  p99 {p99} ms  "
+                      f"{r['bytes'] / (1 << 20):8.1f} MiB/s  "
+                      f"{r['cpu_us']:7.1f} µs CPU/req  {r['socket_errors']}",
+                      file=sys.stderr, flush=True)
+        for server in servers:
+            # The run with the median throughput, whole, so that its
+            # latencies are the ones measured with that throughput.
+            ranked = sorted(runs[server.name], key=lambda r: r["rps"])
+            results[(name, server.name)] = ranked[len(ranked) // 2]
+    return results
+
+
 def machine():
     cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
     mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
@@ -263,7 +367,8 @@ def main():
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each case per server, interleaved; the median counts")
-    parser.add_argument("--only", nargs="*", help="cases to run (small 1mib 404 new-conn idle)")
+    parser.add_argument("--only", nargs="*",
+                        help="cases to run (small 1mib 404 new-conn idle h2 tls-new-conn)")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--wasmhttpd", type=Path, default=WASMHTTPD,
                         help="the wasmhttpd binary (default: the release build)")
@@ -291,34 +396,10 @@ def main():
         try:
             start_servers(servers, root, tmp, keep_alive_secs=60, wasmhttpd=args.wasmhttpd,
                           guest=args.guest)
-            results = {}
-            for name, path, connections, extra in CASES:
-                if args.only and name not in args.only:
-                    continue
-                # Rounds interleave the servers, each round starting with
-                # the next one, so that a noisy minute on a shared machine
-                # lands on every server rather than on one.
-                runs = {server.name: [] for server in servers}
-                for round_ in range(args.rounds):
-                    first = round_ % len(servers)
-                    for server in servers[first:] + servers[:first]:
-                        cpu = server.cpu_seconds()
-                        r = wrk(server.port, path, connections or args.connections,
-                                args.duration, extra)
-                        # Server CPU per request: steadier than req/s on a
-                        # shared machine, and free of wrk's own share.
-                        r["cpu_us"] = (server.cpu_seconds() - cpu) / max(r["requests"], 1) * 1e6
-                        runs[server.name].append(r)
-                        print(f"{name:9} {server.name:26} {r['rps']:10.0f} req/s  "
-                              f"p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
-                              f"{r['bytes'] / (1 << 20):8.1f} MiB/s  "
-                              f"{r['cpu_us']:7.1f} µs CPU/req  {r['socket_errors']}",
-                              file=sys.stderr, flush=True)
-                for server in servers:
-                    # The run with the median throughput, whole, so that its
-                    # latencies are the ones measured with that throughput.
-                    ranked = sorted(runs[server.name], key=lambda r: r["rps"])
-                    results[(name, server.name)] = ranked[len(ranked) // 2]
+            results = run_cases(
+                CASES, servers, args,
+                lambda port, path, connections, extra: wrk(port, path, connections,
+                                                           args.duration, extra))
             idle = {}
             if not args.only or "idle" in args.only:
                 for server in servers:
@@ -334,6 +415,24 @@ def main():
         finally:
             for server in servers:
                 server.stop()
+        tls_cases = [case for case in TLS_CASES if not args.only or case[0] in args.only]
+        missing = [tool for tool in ["openssl", "h2load"] if not shutil.which(tool)]
+        if tls_cases and missing:
+            print(f"bench: the TLS cases need {' and '.join(missing)} (apt-get install openssl "
+                  "nghttp2-client); left out", file=sys.stderr)
+        elif tls_cases:
+            tls_servers = []
+            try:
+                start_tls_servers(tls_servers, root, tmp, args.wasmhttpd)
+                results.update(run_cases(
+                    tls_cases, tls_servers, args,
+                    lambda port, path, connections, client:
+                        h2load(port, path, connections, args.duration) if client == "h2load"
+                        else wrk(port, path, connections, args.duration,
+                                 ["-H", "Connection: close"], scheme="https")))
+            finally:
+                for server in tls_servers:
+                    server.stop()
     report(results, idle, servers, args)
 
 
@@ -349,10 +448,14 @@ def report(results, idle, servers, args):
     for (case, server), r in results.items():
         label = {"small": f"small file ({args.connections} conns, keep-alive)",
                  "1mib": "1 MiB file (16 conns)", "404": f"404 ({args.connections} conns)",
-                 "new-conn": "new connection per request (16 conns)"}[case]
+                 "new-conn": "new connection per request (16 conns)",
+                 "h2": f"HTTP/2 over TLS, small file (16 conns × {H2_STREAMS} streams; "
+                       "p50: mean)",
+                 "tls-new-conn": "new TLS connection per request (16 conns)"}[case]
         errors = f" ({r['non2xx']} non-2xx)" if r["non2xx"] and case != "404" else ""
+        p99 = f"{r['p99']:.2f}" if r["p99"] is not None else "–"
         print(f"| {label} | {server}{errors} | {r['rps']:.0f} | {r['p50']:.2f} | "
-              f"{r['p99']:.2f} | {r['bytes'] / (1 << 20):.1f} | {r['cpu_us']:.0f} |")
+              f"{p99} | {r['bytes'] / (1 << 20):.1f} | {r['cpu_us']:.0f} |")
     if idle:
         count = f"{args.idle_connections:,}".replace(",", " ")
         print(f"\n| {count} idle keep-alive connections | RSS before | RSS holding them |")
@@ -362,7 +465,8 @@ def report(results, idle, servers, args):
             print(f"| {name} | {before:.1f} MiB | {holding:.1f} MiB{note} |")
     print("\nRatios (wasmhttpd ÷ peer; for p99, peer ÷ wasmhttpd, so above 1 is better "
           "for wasmhttpd everywhere):\n")
-    cases = sorted({case for case, _ in results}, key=[c[0] for c in CASES].index)
+    order = [c[0] for c in CASES + TLS_CASES]
+    cases = sorted({case for case, _ in results}, key=order.index)
     print("| case | ours | " + " | ".join(peers) + " |")
     print("|---|---|" + "---:|" * len(peers))
     for case in cases:
@@ -374,8 +478,10 @@ def report(results, idle, servers, args):
                     cells.append("–")
                     continue
                 metric = "bytes" if case == "1mib" else "rps"
-                cells.append(f"{a[metric] / b[metric]:.2f}× {'B/s' if metric == 'bytes' else 'req/s'}, "
-                             f"p99 {b['p99'] / a['p99']:.2f}×")
+                cell = f"{a[metric] / b[metric]:.2f}× {'B/s' if metric == 'bytes' else 'req/s'}"
+                if a["p99"] is not None and b["p99"] is not None:
+                    cell += f", p99 {b['p99'] / a['p99']:.2f}×"
+                cells.append(cell)
             print(f"| {case} | {mine} | " + " | ".join(cells) + " |")
     report_targets(results, idle, args.idle_connections)
 
@@ -396,6 +502,8 @@ def report_targets(results, idle, idle_connections):
         ("1 MiB file: bytes/s vs nginx", "≥ 0.5×",
          ratio("1mib", fresh, "nginx", "bytes"), lambda x: x >= 0.5),
     ]
+    checks.append(("HTTP/2 over TLS, small file: req/s vs nginx", "≥ 0.5×",
+                   ratio("h2", fresh, "nginx"), lambda x: x >= 0.5))
     # p99 at 64 connections: the better of the two ways of running.
     nginx = results.get(("small", "nginx"))
     p99s = [results[("small", ours)]["p99"] for ours in (fresh, reuse) if ("small", ours) in results]

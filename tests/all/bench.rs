@@ -1,6 +1,6 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
-//! server starts, takes wrk's load without errors and lands in each table
-//! the script prints. The figures themselves are not checked here: they are
+//! server starts, takes wrk's load (and h2load's, over TLS) without errors
+//! and lands in each table the script prints. The figures themselves are not checked here: they are
 //! the script's to report, on a machine that is not also running tests.
 
 use std::path::Path;
@@ -24,6 +24,8 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         ("wrk", "apt-get install wrk"),
         ("nginx", "apt-get install nginx-light"),
         ("wasmtime", WASMTIME_INSTALL),
+        ("openssl", "apt-get install openssl"),
+        ("h2load", "apt-get install nghttp2-client"),
     ];
     let mut found = Vec::new();
     for (tool, install) in tools {
@@ -57,7 +59,7 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "--connections",
             "4",
         ])
-        .args(["--only", "small", "idle", "--idle-connections", "200"])
+        .args(["--only", "small", "idle", "h2", "--idle-connections", "200"])
         .arg("--wasmhttpd")
         .arg(env!("CARGO_BIN_EXE_wasmhttpd"))
         .arg("--guest")
@@ -118,7 +120,14 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "{ratios:?}"
         );
     }
+    // HTTP/2 over TLS, for wasmhttpd both ways and nginx.
+    for server in ["wasmhttpd", "wasmhttpd --reuse 1000", "nginx"] {
+        let label = "HTTP/2 over TLS, small file (16 conns × 10 streams; p50: mean)";
+        let requests: f64 = row(label, server)[2].parse().unwrap();
+        assert!(requests > 0.0, "{server}: {requests} req/s over HTTP/2\n{stdout}");
+    }
     for target in [
+        "HTTP/2 over TLS, small file: req/s vs nginx",
         "small file, fresh instance: req/s vs wasmtime serve",
         "small file, --reuse: req/s vs nginx",
         "small file p99 vs nginx's (best of fresh, --reuse)",
