@@ -124,7 +124,10 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
     for server in ["wasmhttpd", "wasmhttpd --reuse 1000", "nginx"] {
         let label = "HTTP/2 over TLS, small file (16 conns × 10 streams; p50: mean)";
         let requests: f64 = row(label, server)[2].parse().unwrap();
-        assert!(requests > 0.0, "{server}: {requests} req/s over HTTP/2\n{stdout}");
+        assert!(
+            requests > 0.0,
+            "{server}: {requests} req/s over HTTP/2\n{stdout}"
+        );
     }
     for target in [
         "HTTP/2 over TLS, small file: req/s vs nginx",

@@ -204,11 +204,13 @@ fn h2c_by_prior_knowledge_beside_http1_on_one_port() {
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 /// Flags.
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
+const ACK: u8 = 0x1;
 /// Error codes.
 const CANCEL: u32 = 0x8;
 const REFUSED_STREAM: u32 = 0x7;
@@ -264,9 +266,19 @@ impl Raw {
         Some((head[3], head[4], stream, payload))
     }
 
-    /// Reads frames until one matches `wanted`, or the connection ends.
+    /// Reads frames until one matches `wanted`, or the connection ends;
+    /// acknowledges the server's SETTINGS and PINGs on the way, as a
+    /// client must.
     fn read_until(&mut self, wanted: impl Fn(&RawFrame) -> bool) -> Option<RawFrame> {
         while let Some(frame) = self.read() {
+            match &frame {
+                (SETTINGS, 0, _, _) => self.frame(SETTINGS, ACK, 0, &[]),
+                (PING, 0, _, payload) => {
+                    let payload = payload.clone();
+                    self.frame(PING, ACK, 0, &payload);
+                }
+                _ => {}
+            }
             if wanted(&frame) {
                 return Some(frame);
             }
@@ -490,4 +502,27 @@ fn websocket_over_h2_echoes_through_the_guest() {
         assert_eq!(response.status(), 426);
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     });
+}
+
+#[test]
+fn an_idle_connection_is_closed_with_goaway() {
+    let server = TestServer::faults(wasmhttpd::Limits {
+        keep_alive_timeout: std::time::Duration::from_millis(300),
+        ..test_limits()
+    });
+    let mut raw = Raw::connect(server.addr);
+    raw.frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &request_block("/ok", &[]),
+    );
+    let answered = raw.read_until(|(kind, _, stream, _)| *kind == HEADERS && *stream == 1);
+    assert!(answered.is_some(), "stream 1 answered");
+    // Then nothing: the server says GOAWAY (NO_ERROR) and closes.
+    let (_, _, _, payload) = raw
+        .read_until(|(kind, ..)| *kind == GOAWAY)
+        .expect("GOAWAY on an idle connection");
+    assert_eq!(u32::from_be_bytes(payload[4..8].try_into().unwrap()), 0);
+    assert!(raw.read_until(|_| false).is_none(), "the connection closes");
 }
