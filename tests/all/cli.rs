@@ -1203,3 +1203,43 @@ fn the_redirect_listener_sends_every_request_to_https() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_tls_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tls, _) = crate::tls::certificate(dir.path(), "server");
+    let root = demo_root();
+    let server = start(
+        wasmhttpd()
+            .env("RUST_LOG", "info")
+            .args(["--listen", "127.0.0.1:0", "--no-watch", "--root"])
+            .arg(&root)
+            .arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key),
+        "listening on https://",
+    );
+    let hangup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let (renewed, _) = crate::tls::certificate(dir.path(), "renewed");
+    std::fs::copy(&renewed.key, &tls.key).unwrap();
+    std::fs::copy(&renewed.cert, &tls.cert).unwrap();
+    hangup();
+    let loaded = server.wait_for_log("loaded a new TLS certificate");
+    assert!(loaded.contains(tls.cert.to_str().unwrap()), "{loaded}");
+    // A key that is not the certificate's: reported, the running pair kept.
+    let (other, _) = crate::tls::certificate(dir.path(), "other");
+    std::fs::copy(&other.key, &tls.key).unwrap();
+    hangup();
+    let kept = server.wait_for_log("kept the running TLS certificate");
+    assert!(
+        kept.contains("is not the one the certificate was issued for"),
+        "{kept}"
+    );
+}
