@@ -502,6 +502,16 @@ fn websocket_over_h2_echoes_through_the_guest() {
         assert_eq!(response.status(), 426);
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     });
+    // Each session is counted, once it ends, with the 200 that opened it.
+    let counted = |class: &str| {
+        let metrics = crate::metrics::scrape(&secure.server);
+        crate::metrics::value(
+            &metrics,
+            &format!("wasmhttpd_requests_total{{class=\"{class}\"}}"),
+        )
+    };
+    crate::support::eventually("both sessions are counted", || counted("2xx") == 4.0);
+    assert_eq!(counted("1xx"), 0.0);
 }
 
 #[test]

@@ -115,12 +115,14 @@ impl Switch {
         let id = exchange.id;
         let (code, reason, messages) = run(ws, self.session, &self.limits, self.shutdown, id).await;
         debug!(id, code, reason = %reason, messages, "WebSocket session closed");
-        exchange.record(
-            StatusCode::SWITCHING_PROTOCOLS,
-            sent,
-            false,
-            Some(Ended { code, messages }),
-        );
+        // The answer that opened the session: 101 over HTTP/1.1, 200 to an
+        // extended CONNECT over HTTP/2.
+        let status = if exchange.version == http::Version::HTTP_2 {
+            StatusCode::OK
+        } else {
+            StatusCode::SWITCHING_PROTOCOLS
+        };
+        exchange.record(status, sent, false, Some(Ended { code, messages }));
     }
 }
 
