@@ -229,9 +229,11 @@ async fn main() -> anyhow::Result<()> {
         let metrics_listener = wasmhttpd::bind(metrics)
             .with_context(|| format!("cannot listen for metrics on {metrics}"))?;
         let metrics_addr = metrics_listener.local_addr()?;
+        let monitor = server.monitor();
         tokio::spawn(wasmhttpd::metrics::serve(
             metrics_listener,
             server.metrics(),
+            move || !monitor.shutting_down(),
         ));
         eprintln!(
             "metrics on http://{metrics_addr}{}",

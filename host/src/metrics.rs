@@ -1,6 +1,7 @@
 //! What the server counts, and the endpoint that serves it as Prometheus
 //! metrics (OpenMetrics text) on a listener of its own (`--metrics ADDR`),
-//! apart from the traffic it measures.
+//! apart from the traffic it measures, beside the liveness and readiness
+//! probes (`/healthz`, `/readyz`).
 //!
 //! | metric | kind | what |
 //! |---|---|---|
@@ -271,17 +272,40 @@ impl Drop for Open {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the future is dropped: the
-/// metrics on `GET` (and `HEAD`) of [`PATH`], 404 elsewhere, 405 for other
-/// methods.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+/// The liveness probe's path: 200 while the process serves.
+pub const HEALTHZ: &str = "/healthz";
+/// The readiness probe's path: 200 while the server takes requests, 503
+/// from the moment its shutdown begins.
+pub const READYZ: &str = "/readyz";
+
+/// Serves the metrics endpoint on `listener` until the future is dropped:
+/// the metrics on `GET` (and `HEAD`) of [`PATH`], the probes at
+/// [`HEALTHZ`] and [`READYZ`] (`ready` says which), 404 elsewhere, 405
+/// for other methods. The endpoint outlives the server's shutdown, so a
+/// load balancer sees `/readyz` turn 503 while responses finish.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: impl Fn() -> bool + Send + Sync + 'static,
+) {
     let handler = Arc::new(move |head: &RequestHead| {
         let mut headers = HeaderMap::new();
-        let (status, body) = if head.uri.path() != PATH {
+        let path = head.uri.path();
+        let (status, body) = if ![PATH, HEALTHZ, READYZ].contains(&path) {
             (StatusCode::NOT_FOUND, String::new())
         } else if head.method != Method::GET && head.method != Method::HEAD {
             headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             (StatusCode::METHOD_NOT_ALLOWED, String::new())
+        } else if path == HEALTHZ {
+            (StatusCode::OK, "ok\n".to_owned())
+        } else if path == READYZ {
+            match ready() {
+                true => (StatusCode::OK, "ready\n".to_owned()),
+                false => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down\n".to_owned(),
+                ),
+            }
         } else {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             (StatusCode::OK, metrics.encode())

@@ -112,6 +112,12 @@ impl Monitor {
         self.shared.guests.requests_running() + own
     }
 
+    /// Whether the server's shutdown has begun: it takes no new
+    /// connections and finishes the responses in progress.
+    pub fn shutting_down(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
     /// Client connections open now.
     pub fn connections(&self) -> usize {
         usize::try_from(self.shared.dispatch.metrics().open_connections()).unwrap_or(0)

@@ -215,3 +215,31 @@ fn the_endpoint_serves_only_its_path() {
     );
     assert!(head.header("content-length").is_some());
 }
+
+#[test]
+fn readyz_turns_503_when_the_shutdown_begins_and_healthz_stays_200() {
+    let mut server = TestServer::faults(test_limits());
+    let metrics = server.metrics_addr;
+    let probe = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n");
+        exchange_at(metrics, request.as_bytes())
+    };
+    let ready = probe("/readyz");
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ready\n"));
+    assert_eq!(probe("/healthz").status, 200);
+    // A response in progress keeps the server in its grace period.
+    let mut stream = server.connect();
+    stream
+        .write_all(b"GET /stream?n=10&ms=100 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    read_head(&mut reader);
+    server.shut_down();
+    support::eventually("readyz turns 503", || probe("/readyz").status == 503);
+    assert_eq!(
+        probe("/healthz").status,
+        200,
+        "alive through the grace period"
+    );
+    assert_eq!(probe("/readyz").text(), "shutting down\n");
+}

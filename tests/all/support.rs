@@ -95,7 +95,12 @@ impl TestServer {
                     listener.local_addr().unwrap(),
                     metrics.local_addr().unwrap(),
                 );
-                tokio::spawn(wasmhttpd::metrics::serve(metrics, server.metrics()));
+                let monitor = server.monitor();
+                tokio::spawn(wasmhttpd::metrics::serve(
+                    metrics,
+                    server.metrics(),
+                    move || !monitor.shutting_down(),
+                ));
                 let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
                 ready_tx.send((addrs, server.monitor(), stop_tx)).unwrap();
                 server
