@@ -133,6 +133,15 @@ fn start_wasmhttpd(args: &[&str]) -> Running {
     )
 }
 
+/// Runs `command` expecting clap to refuse its arguments (exit 2);
+/// returns its stderr.
+fn usage_error(command: &mut Command) -> String {
+    let output = command.output().expect("run wasmhttpd");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
 /// Runs the binary expecting it to refuse to start; returns its stderr.
 fn startup_failure(args: &[&str]) -> String {
     let output = wasmhttpd().args(args).output().expect("run wasmhttpd");
@@ -531,12 +540,6 @@ fn help_names_each_setting_with_its_variable_and_default() {
 
 #[test]
 fn a_value_is_checked_alike_as_a_flag_a_variable_and_a_route_option() {
-    let usage_error = |command: &mut Command| {
-        let output = command.output().expect("run wasmhttpd");
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        stderr
-    };
     let flag = usage_error(wasmhttpd().args(["--guest-memory", "1.5"]));
     assert!(
         flag.contains("--guest-memory") && flag.contains("takes MiB"),
@@ -553,13 +556,11 @@ fn a_value_is_checked_alike_as_a_flag_a_variable_and_a_route_option() {
 
 #[test]
 fn a_guest_variable_that_is_not_set_is_a_usage_error() {
-    let output = wasmhttpd()
-        .env_remove("WASMHTTPD_NOT_SET_ANYWHERE")
-        .args(["--env", "WASMHTTPD_NOT_SET_ANYWHERE"])
-        .output()
-        .expect("run wasmhttpd");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let stderr = usage_error(
+        wasmhttpd()
+            .env_remove("WASMHTTPD_NOT_SET_ANYWHERE")
+            .args(["--env", "WASMHTTPD_NOT_SET_ANYWHERE"]),
+    );
     assert!(
         stderr.contains("WASMHTTPD_NOT_SET_ANYWHERE is not set"),
         "{stderr}"
@@ -1041,12 +1042,6 @@ fn outgoing_requests_are_logged_with_the_request_that_sent_them() {
 
 #[test]
 fn a_bad_outbound_pattern_is_a_startup_error_naming_it() {
-    let usage_error = |command: &mut Command| {
-        let output = command.output().expect("run wasmhttpd");
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        stderr
-    };
     let flag = usage_error(wasmhttpd().args(["--allow-outbound", "api.example.com"]));
     assert!(flag.contains("--allow-outbound"), "{flag}");
     assert!(flag.contains("\"api.example.com\" has no scheme"), "{flag}");

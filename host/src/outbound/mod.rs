@@ -84,11 +84,6 @@ impl Outbound {
         }
     }
 
-    /// The entries of this policy.
-    pub fn allow_list(&self) -> &AllowList {
-        &self.allow
-    }
-
     /// The hooks of one instance, whose requests are logged with the id
     /// `request` holds at the time.
     pub fn hooks(self: &Arc<Self>, request: Arc<AtomicU64>) -> Hooks {
