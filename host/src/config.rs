@@ -207,8 +207,14 @@ settings! {
     /// What the binary starts with besides the limits: where it listens,
     /// what it serves and how it finds its guests.
     pub struct Startup {
-        /// Address to listen on; port 0 picks a free port.
+        /// Address to listen on; port 0 picks a free port. A listener
+        /// passed by socket activation (LISTEN_FDS) is used instead.
         listen: Addr = DEFAULT_LISTEN,
+        /// Listen with SO_REUSEPORT, so several wasmhttpd processes share
+        /// --listen and the kernel spreads new connections among them: to
+        /// hand over, start the new one, wait for its /readyz, then send
+        /// SIGTERM to the old one.
+        reuse_port: Switch = false,
         /// Serve Prometheus metrics at http://ADDR/metrics, on a listener of
         /// their own (keep it off the public interface).
         metrics: Maybe<Addr> = None,

@@ -47,6 +47,8 @@ pub mod wasm;
 pub mod watch;
 
 pub use config::{Config, GuestSource, Limits, Route, RouteLimits, Startup};
-pub use server::{Monitor, Reloader, Server, StartError, bind};
+pub use server::{
+    Compiled, Monitor, Reloader, Server, StartError, bind, bind_shared, compile, inherited_listener,
+};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));

@@ -65,6 +65,8 @@ enum LogFormat {
 /// Everything the command line, the environment and the configuration
 /// file say, merged.
 struct Settings {
+    /// `wasmhttpd compile`: fill the cache and exit.
+    compile: bool,
     log_format: LogFormat,
     startup: Startup,
     limits: Limits,
@@ -76,13 +78,30 @@ impl Settings {
     /// The defaults, then the configuration file's values, then the
     /// environment's and the command line's.
     fn parse() -> anyhow::Result<Settings> {
-        let command = Args::command()
-            .args(Startup::args())
-            .next_help_heading("Limits")
-            .args(Limits::args());
-        let matches = command.get_matches();
+        let with_settings = |command: clap::Command| {
+            command
+                .args(Startup::args())
+                .next_help_heading("Limits")
+                .args(Limits::args())
+        };
+        let compile = with_settings(Args::command())
+            .name("compile")
+            .about(
+                "Compile the guests into the compiled-component cache and exit, so that a \
+                 server with the same settings starts without compiling (an image built with \
+                 it, replicas sharing a read-only cache)",
+            )
+            .long_about(None);
+        let mut matches = with_settings(Args::command())
+            .subcommand(compile)
+            .get_matches();
+        let (compile, matches) = match matches.remove_subcommand() {
+            Some((_, compile)) => (true, compile),
+            None => (false, matches),
+        };
         let args = Args::from_arg_matches(&matches)?;
         let mut settings = Settings {
+            compile,
             log_format: args.log_format,
             startup: Startup::default(),
             limits: Limits::default(),
@@ -214,8 +233,11 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
 
+    if settings.compile {
+        return compile(settings.into_config()?);
+    }
     let (listen, metrics) = (settings.startup.listen, settings.startup.metrics);
-    let redirect = settings.startup.http_redirect;
+    let (redirect, reuse_port) = (settings.startup.http_redirect, settings.startup.reuse_port);
     let config = settings.into_config()?;
     let scheme = if config.tls.is_some() {
         "https"
@@ -223,7 +245,17 @@ async fn main() -> anyhow::Result<()> {
         "http"
     };
     let server = wasmhttpd::Server::new(config)?;
-    let listener = wasmhttpd::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let inherited = wasmhttpd::inherited_listener()
+        .context("cannot use the listener passed by socket activation (LISTEN_FDS)")?;
+    let listener = match inherited {
+        Some(listener) => {
+            tracing::info!("serving on the listener passed by LISTEN_FDS; --listen is not used");
+            Ok(listener)
+        }
+        None if reuse_port => wasmhttpd::bind_shared(listen),
+        None => wasmhttpd::bind(listen),
+    };
+    let listener = listener.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     if let Some(metrics) = metrics {
         let metrics_listener = wasmhttpd::bind(metrics)
@@ -259,6 +291,28 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_signal();
     eprintln!("listening on {scheme}://{addr}/");
     server.run(listener, shutdown).await;
+    Ok(())
+}
+
+/// `wasmhttpd compile`: fills the cache, saying on stdout what each
+/// guest's code was.
+fn compile(config: Config) -> anyhow::Result<()> {
+    let dir = config.cache_dir.clone();
+    for guest in wasmhttpd::compile(config)? {
+        println!(
+            "{} {} ({}): {}",
+            guest.prefix,
+            guest.name,
+            guest.digest,
+            match guest.origin {
+                wasmhttpd::wasm::cache::Origin::Compiled => "compiled",
+                wasmhttpd::wasm::cache::Origin::Cache => "already in the cache",
+            }
+        );
+    }
+    if let Some(dir) = dir {
+        println!("cache: {}", dir.display());
+    }
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, RouteLimits};
@@ -19,9 +19,9 @@ use crate::proto::conn::Conn;
 use crate::proto::h2;
 use crate::routes::Routes;
 use crate::tls::{Certificates, TlsError};
-use crate::wasm::cache::{CompiledCache, Digest};
+use crate::wasm::cache::{CompiledCache, Digest, Origin};
 use crate::wasm::engine::new_engine;
-use crate::wasm::guest::{GuestContext, LoadError};
+use crate::wasm::guest::{Guest, GuestContext, LoadError};
 use crate::wasm::reload::GuestSlot;
 use crate::watch::{Reload, Watching};
 
@@ -54,18 +54,118 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(TlsError),
+    /// `wasmhttpd compile` was given no cache to fill.
+    #[error("compiling ahead fills the compiled-component cache: give --cache-dir, not --no-cache")]
+    NoCache,
+    /// `wasmhttpd compile` could not store a guest's compiled code.
+    #[error(
+        "could not store the compiled code of {name} in {dir}: give a --cache-dir this user can \
+         write"
+    )]
+    NotStored {
+        /// The guest file, or "default guest".
+        name: String,
+        /// The cache directory.
+        dir: PathBuf,
+    },
+}
+
+/// A guest that [`compile`] has put in the compiled-component cache.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The route it serves.
+    pub prefix: String,
+    /// The guest file, or "default guest".
+    pub name: String,
+    /// The component's SHA-256.
+    pub digest: Digest,
+    /// Whether it was compiled now or already in the cache.
+    pub origin: Origin,
+}
+
+/// Compiles every route's guest of `config` into its compiled-component
+/// cache with the engine the server would build for the same settings,
+/// and links it as the server would, without serving; the web root need
+/// not exist yet. A server started with the same settings and cache then
+/// starts without compiling (`wasmhttpd compile`).
+pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
+    let Some(dir) = config.cache_dir.clone() else {
+        return Err(StartError::NoCache);
+    };
+    let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
+    let guests = Arc::new(GuestContext::new(
+        engine.clone(),
+        config.root,
+        config.env,
+        &config.limits,
+        CompiledCache::new(Some(dir.clone())),
+        Arc::new(Metrics::new()),
+    ));
+    let mut compiled = Vec::new();
+    for route in config.routes {
+        let ctx = if route.limits == RouteLimits::default() {
+            guests.clone()
+        } else {
+            Arc::new(guests.for_route(&route.limits))
+        };
+        let (name, bytes) = route.guest.read()?;
+        let loaded = Guest::load(&ctx, &name, &bytes)?;
+        let digest = loaded.guest.digest;
+        if !CompiledCache::new(Some(dir.clone())).has(&engine, &digest) {
+            return Err(StartError::NotStored { name, dir });
+        }
+        compiled.push(Compiled {
+            prefix: route.prefix,
+            name,
+            digest,
+            origin: loaded.origin,
+        });
+    }
+    Ok(compiled)
 }
 
 /// Binds `addr` with `SO_REUSEADDR`, so a restarted server gets its port
 /// back at once even while old connections sit in `TIME_WAIT`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_socket(addr, false)
+}
+
+/// Binds `addr` as [`bind`] does and with `SO_REUSEPORT` too, so that
+/// several processes listen on it at once and the kernel spreads new
+/// connections among them: the way a new process takes over from an old
+/// one without a moment in which the port is closed.
+pub fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_socket(addr, true)
+}
+
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    socket.set_reuseport(reuse_port)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// The listening socket this process inherited by socket activation
+/// (`LISTEN_FDS` and `LISTEN_PID`, as systemd and `systemfd` pass it), or
+/// `None` when it was given none. The socket outlives any one process, so
+/// a restart never closes the port.
+pub fn inherited_listener() -> io::Result<Option<TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 1 {
+        return Err(io::Error::other(format!(
+            "LISTEN_FDS passes {} sockets; wasmhttpd takes one, its HTTP listener",
+            fds.len()
+        )));
+    }
+    let Some(listener) = fds.take_tcp_listener(0)? else {
+        return Ok(None);
+    };
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener).map(Some)
 }
 
 /// What a running server holds.
@@ -262,9 +362,12 @@ impl Server {
 
     /// Accepts and serves connections until `shutdown` completes, then
     /// shuts down gracefully: the listener closes (new connections are
-    /// refused), idle connections close, and responses in progress get up
-    /// to [`Limits::shutdown_grace`](crate::Limits::shutdown_grace) to finish. Returns when they have, or
-    /// when the grace period is over.
+    /// refused, or go to the other processes on a shared port), the
+    /// connections the kernel had already queued are served, idle
+    /// connections close, and responses in progress get up to
+    /// [`Limits::shutdown_grace`](crate::Limits::shutdown_grace) to
+    /// finish, each the last on its connection. Returns when they have,
+    /// or when the grace period is over.
     pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         // Stops, with the watching, when the server stops.
         let _reloads = self
@@ -275,11 +378,16 @@ impl Server {
         let max_connections = limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
         self.accept(&listener, &connections, shutdown).await;
-        drop(listener);
+        let queued = self.close_listener(listener, &connections);
+        self.shared.shutdown.send_replace(true);
         let open = max_connections - connections.available_permits();
         let grace = limits.shutdown_grace;
-        info!(open, grace_secs = grace.as_secs_f64(), "shutting down");
-        self.shared.shutdown.send_replace(true);
+        info!(
+            open,
+            queued,
+            grace_secs = grace.as_secs_f64(),
+            "shutting down"
+        );
         let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
         match tokio::time::timeout(grace, connections.acquire_many(all)).await {
             Ok(_) => info!("every connection finished; stopped"),
@@ -311,29 +419,61 @@ impl Server {
                 () = &mut shutdown => return,
                 accepted = listener.accept() => accepted,
             };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
+            match accepted {
+                Ok((stream, peer)) => self.spawn_connection(stream, peer, permit),
                 Err(err) => {
                     error!(cause = %err, "accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
                 }
-            };
-            let _ = stream.set_nodelay(true);
-            let Ok(local) = stream.local_addr() else {
-                continue;
-            };
-            let dispatch = self.shared.dispatch.clone();
-            let open = dispatch.metrics().connection();
-            let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
-            tokio::spawn(
-                async move {
-                    serve_connection(stream, local, peer, tls, dispatch).await;
-                    drop((open, permit));
-                }
-                .instrument(info_span!("conn", %peer)),
-            );
+            }
         }
+    }
+
+    /// Closes the listener once it has handed over the connections the
+    /// kernel completed and queued on it, which closing it would reset;
+    /// returns how many there were. (A connection that completes between
+    /// the last accept and the close is still reset, unless the kernel
+    /// moves it to another listener of the port:
+    /// `net.ipv4.tcp_migrate_req`.)
+    fn close_listener(&self, listener: TcpListener, connections: &Arc<Semaphore>) -> usize {
+        // The std listener stays non-blocking: accept says WouldBlock once
+        // the queue is empty.
+        let Ok(listener) = listener.into_std() else {
+            return 0;
+        };
+        let mut taken = 0;
+        while let Ok(permit) = connections.clone().try_acquire_owned() {
+            let Ok((stream, peer)) = listener.accept() else {
+                break;
+            };
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(stream));
+            if let Ok(stream) = stream {
+                self.spawn_connection(stream, peer, permit);
+                taken += 1;
+            }
+        }
+        taken
+    }
+
+    /// Serves an accepted connection in a task of its own, which holds
+    /// `permit` (its place under the connection cap) until it ends.
+    fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let dispatch = self.shared.dispatch.clone();
+        let open = dispatch.metrics().connection();
+        let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
+        tokio::spawn(
+            async move {
+                serve_connection(stream, local, peer, tls, dispatch).await;
+                drop((open, permit));
+            }
+            .instrument(info_span!("conn", %peer)),
+        );
     }
 }
 

@@ -6,132 +6,10 @@ use crate::support;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Instant;
+use std::process::Command;
 
+use crate::process::{Running, start, start_wasmhttpd, wasmhttpd};
 use crate::support::{WASMTIME_INSTALL, client, demo_root, fault_guest, get, required_tool};
-
-/// A child process killed when dropped.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    /// Its stderr lines before the one that gave the address, not yet
-    /// looked at.
-    early: std::cell::RefCell<Vec<String>>,
-    /// Its stderr lines after that one.
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Running {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    /// Waits for stderr lines containing each of `texts`, in any order,
-    /// and returns them in the order of `texts`; other lines are passed over.
-    fn wait_for_logs<const N: usize>(&self, texts: [&str; N]) -> [String; N] {
-        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
-        let deadline = Instant::now() + support::CLIENT_TIMEOUT;
-        let mut early = std::mem::take(&mut *self.early.borrow_mut()).into_iter();
-        while found.iter().any(Option::is_none) {
-            let line = match early.next() {
-                Some(line) => line,
-                None => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    self.log
-                        .recv_timeout(left)
-                        .unwrap_or_else(|_| panic!("no log lines with all of {texts:?}: {found:?}"))
-                }
-            };
-            if let Some(at) = (0..N).find(|&i| found[i].is_none() && line.contains(texts[i])) {
-                found[at] = Some(line);
-            }
-        }
-        found.map(Option::unwrap)
-    }
-
-    /// Waits for a stderr line containing `text` and returns it; lines
-    /// before it are passed over.
-    fn wait_for_log(&self, text: &str) -> String {
-        let mut early = self.early.borrow_mut();
-        if let Some(at) = early.iter().position(|line| line.contains(text)) {
-            return early.drain(..=at).next_back().unwrap();
-        }
-        early.clear();
-        let deadline = Instant::now() + support::CLIENT_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => continue,
-                Err(_) => panic!("no log line with {text:?}"),
-            }
-        }
-    }
-}
-
-fn wasmhttpd() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_wasmhttpd"));
-    command
-        .env("RUST_LOG", "warn")
-        .env_remove("WASMHTTPD_LISTEN")
-        .env_remove("WASMHTTPD_CACHE_DIR")
-        // The default cache directory, kept inside the build tree.
-        .env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
-    command
-}
-
-/// Starts a server process and waits for the `listening on http://ADDR/` line.
-fn start(command: &mut Command, marker: &str) -> Running {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
-    let stderr = child.stderr.take().unwrap();
-    // Keep draining stderr so the child never blocks on a full pipe.
-    let (sender, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let mut early = Vec::new();
-    let addr = loop {
-        let line = log
-            .recv_timeout(support::CLIENT_TIMEOUT)
-            .unwrap_or_else(|_| panic!("server exited before printing {marker:?}: {early:?}"));
-        if let Some(rest) = line.split(marker).nth(1) {
-            let addr = rest.trim().trim_end_matches('/');
-            break addr
-                .replace("0.0.0.0", "127.0.0.1")
-                .parse()
-                .expect("address");
-        }
-        early.push(line);
-    };
-    Running {
-        child,
-        addr,
-        early: std::cell::RefCell::new(early),
-        log,
-    }
-}
-
-fn start_wasmhttpd(args: &[&str]) -> Running {
-    start(
-        wasmhttpd().args(["--listen", "127.0.0.1:0"]).args(args),
-        "listening on http://",
-    )
-}
 
 /// Runs `command` expecting clap to refuse its arguments (exit 2);
 /// returns its stderr.
@@ -771,13 +649,7 @@ fn sighup_reloads_and_a_bad_file_is_reported() {
     );
     let ok = || get(&client(), &server.url("/ok")).2;
     assert_eq!(ok(), b"plain GET /ok version=\n");
-    let hangup = || {
-        let status = Command::new("kill")
-            .args(["-HUP", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let hangup = || server.signal("HUP");
 
     std::fs::write(&guest, b"\0asm not a component").unwrap();
     hangup();
@@ -881,19 +753,25 @@ fn sigterm_lets_responses_finish_then_exits_zero() {
     let mut busy = BufReader::new(busy);
     // The head is out before the signal: the guest is streaming.
     assert!(busy.fill_buf().unwrap().starts_with(b"HTTP/1.1 200 OK\r\n"));
-    let mut idle = connect();
-    std::io::Write::write_all(&mut idle, b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut idle = BufReader::new(idle);
-    assert_eq!(support::read_response(&mut idle, false).text(), "ok");
+    let idle_connection = || {
+        let mut idle = BufReader::new(connect());
+        std::io::Write::write_all(idle.get_mut(), b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        assert_eq!(support::read_response(&mut idle, false).text(), "ok");
+        idle
+    };
+    let (mut idle, mut next) = (idle_connection(), idle_connection());
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("TERM");
     server.wait_for_log("shutting down");
-    // New connections are refused, the idle one is closed...
+    // New connections are refused...
     assert!(std::net::TcpStream::connect(server.addr).is_err());
+    // ...a request on an idle connection is answered, as the last on it...
+    std::io::Write::write_all(next.get_mut(), b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let last = support::read_response(&mut next, false);
+    assert_eq!(last.text(), "ok");
+    assert_eq!(last.header("connection"), Some("close"));
+    support::assert_closed(&mut next);
+    // ...an idle connection that sends nothing is closed...
     support::assert_closed(&mut idle);
     // ...and the response in progress completes, as the last on its connection.
     let rest = support::read_response(&mut busy, false);
@@ -923,16 +801,7 @@ fn a_second_signal_exits_at_once() {
             .unwrap()
             .starts_with(b"HTTP/1.1 200 OK\r\n")
     );
-    let term = || {
-        let pid = server.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let term = || server.signal("TERM");
     term();
     server.wait_for_log("shutting down");
     term();
@@ -1215,13 +1084,7 @@ fn sighup_reloads_the_tls_certificate() {
             .arg(&tls.key),
         "listening on https://",
     );
-    let hangup = || {
-        let status = Command::new("kill")
-            .args(["-HUP", &server.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    };
+    let hangup = || server.signal("HUP");
     let (renewed, _) = crate::tls::certificate(dir.path(), "renewed");
     std::fs::copy(&renewed.key, &tls.key).unwrap();
     std::fs::copy(&renewed.cert, &tls.cert).unwrap();

@@ -4,6 +4,7 @@
 //! One binary links wasmtime once, and the fixtures in [`support`] (the
 //! compiled guests' cache, shared test servers) are made once per run.
 
+mod process;
 mod support;
 
 mod bench;
@@ -15,6 +16,7 @@ mod guest_settings;
 mod h2;
 mod http1;
 mod long_connections;
+mod many;
 mod metrics;
 mod outbound;
 mod static_files;

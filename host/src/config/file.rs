@@ -4,7 +4,7 @@
 //! ```toml
 //! listen = "0.0.0.0:8080"
 //! root = "www"
-//! route = ["/register=deploy/register.wasm"]
+//! route = ["/register=live/register.wasm"]
 //! env = ["WASMHTTPD_CACHE_CONTROL=public, max-age=600"]
 //! guest-timeout = 10
 //! ```

@@ -41,6 +41,12 @@ const READ_CHUNK: usize = 8 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 /// At most this much is discarded while lingering.
 const LINGER_BYTES: usize = 256 * 1024;
+/// Time an idle keep-alive connection stays open once shutdown begins, so
+/// that a request its client has already sent is answered (with
+/// `Connection: close`) rather than met by a closed socket: what lets a
+/// client under load move to the next process without a failed request.
+/// Short, so a silent client does not hold the shutdown up.
+const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
 
 /// What was sent for one request, for the access log.
 struct Sent {
@@ -270,9 +276,6 @@ impl<S: Transport> Conn<S> {
                     return Ok(Some(head));
                 }
             }
-            if !started && self.shutting_down() {
-                return Ok(None);
-            }
             if !started {
                 match self.wait_idle(deadline).await? {
                     true => continue,
@@ -280,12 +283,7 @@ impl<S: Transport> Conn<S> {
                 }
             }
             self.buf.reserve(READ_CHUNK);
-            let read = timeout_at(deadline, self.io.read_buf(&mut self.buf));
-            let read = tokio::select! {
-                read = read => read,
-                // Between requests, shutdown closes the connection at once.
-                _ = self.shutdown.changed(), if !started => return Ok(None),
-            };
+            let read = timeout_at(deadline, self.io.read_buf(&mut self.buf)).await;
             match read {
                 Err(_) if !started => return Ok(None),
                 Err(_) => return Err(Error::Timeout),
@@ -297,14 +295,25 @@ impl<S: Transport> Conn<S> {
         }
     }
 
+    /// The idle deadline once shutdown has begun: [`SHUTDOWN_IDLE`] from
+    /// now, or `deadline` if that is sooner.
+    fn draining(&self, deadline: Instant) -> Instant {
+        deadline.min(Instant::now() + SHUTDOWN_IDLE)
+    }
+
     /// Between requests: takes bytes already there, or else gives the
     /// buffers back and waits, holding no memory but the socket, until the
-    /// client sends more (`Ok(true)`), or closes, stays idle past
-    /// `deadline`, or the server shuts down (`Ok(false)`). Ten thousand
-    /// idle keep-alive connections then cost little more than their sockets.
-    async fn wait_idle(&mut self, deadline: Instant) -> Result<bool, Error> {
+    /// client sends more (`Ok(true)`), or closes or stays idle past
+    /// `deadline` (`Ok(false)`); once the server shuts down, for
+    /// [`SHUTDOWN_IDLE`] at most. Ten thousand idle keep-alive connections
+    /// then cost little more than their sockets.
+    async fn wait_idle(&mut self, mut deadline: Instant) -> Result<bool, Error> {
+        let mut shutting_down = self.shutting_down();
+        if shutting_down {
+            deadline = self.draining(deadline);
+        }
         let Some(tcp) = self.io.tcp() else {
-            return self.read_idle(deadline).await;
+            return self.read_idle(deadline, shutting_down).await;
         };
         loop {
             self.buf.reserve(READ_CHUNK);
@@ -318,7 +327,11 @@ impl<S: Transport> Conn<S> {
             self.out = Vec::new();
             let ready = tokio::select! {
                 ready = timeout_at(deadline, tcp.readable()) => ready,
-                _ = self.shutdown.changed() => return Ok(false),
+                _ = self.shutdown.changed(), if !shutting_down => {
+                    shutting_down = true;
+                    deadline = deadline.min(Instant::now() + SHUTDOWN_IDLE);
+                    continue;
+                }
             };
             match ready {
                 Err(_) => return Ok(false),
@@ -330,12 +343,29 @@ impl<S: Transport> Conn<S> {
     }
 
     /// [`Conn::wait_idle`] over TLS: reads whatever comes next.
-    async fn read_idle(&mut self, deadline: Instant) -> Result<bool, Error> {
+    async fn read_idle(
+        &mut self,
+        mut deadline: Instant,
+        shutting_down: bool,
+    ) -> Result<bool, Error> {
         self.buf.reserve(READ_CHUNK);
-        let read = tokio::select! {
-            read = timeout_at(deadline, self.io.read_buf(&mut self.buf)) => read,
-            _ = self.shutdown.changed() => return Ok(false),
-        };
+        if !shutting_down {
+            let read = tokio::select! {
+                read = timeout_at(deadline, self.io.read_buf(&mut self.buf)) => Some(read),
+                _ = self.shutdown.changed() => None,
+            };
+            match read {
+                Some(read) => return Self::idle_read(read),
+                None => deadline = self.draining(deadline),
+            }
+        }
+        Self::idle_read(timeout_at(deadline, self.io.read_buf(&mut self.buf)).await)
+    }
+
+    /// What one read between requests says: more bytes, or the end.
+    fn idle_read(
+        read: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    ) -> Result<bool, Error> {
         match read {
             Err(_) | Ok(Ok(0)) => Ok(false),
             Ok(Ok(_)) => Ok(true),

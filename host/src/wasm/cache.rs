@@ -91,7 +91,7 @@ impl CompiledCache {
         let Some(dir) = &self.dir else {
             return Ok((Component::new(engine, bytes)?, Origin::Compiled));
         };
-        let entry = dir.join(format!("{}-{}.cwasm", hex(&digest.0), engine_key(engine)));
+        let entry = entry_path(dir, engine, digest);
         match read_entry(engine, &entry) {
             Ok(Some(component)) => return Ok((component, Origin::Cache)),
             Ok(None) => {}
@@ -105,6 +105,21 @@ impl CompiledCache {
         }
         Ok((component, Origin::Compiled))
     }
+}
+
+impl CompiledCache {
+    /// Whether the cache holds an entry for the component `digest` compiled
+    /// by `engine` (it is checked when read, not here).
+    pub fn has(&self, engine: &Engine, digest: &Digest) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|dir| entry_path(dir, engine, digest).is_file())
+    }
+}
+
+/// Where the entry for the component `digest` compiled by `engine` lives.
+fn entry_path(dir: &Path, engine: &Engine, digest: &Digest) -> PathBuf {
+    dir.join(format!("{}-{}.cwasm", hex(&digest.0), engine_key(engine)))
 }
 
 /// The engine's compatibility hash, as 16 hex digits.
