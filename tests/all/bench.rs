@@ -10,10 +10,11 @@ use crate::support::{WASMTIME_INSTALL, required_tool};
 
 /// The servers every run of the script compares (static-web-server joins
 /// them when it is installed).
-const SERVERS: [&str; 4] = [
+const SERVERS: [&str; 5] = [
     "wasmhttpd",
     "wasmhttpd --reuse 1000",
     "wasmtime serve",
+    "wasmtime serve --max-instance-reuse-count 1000",
     "nginx",
 ];
 
@@ -97,12 +98,12 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         );
     }
     // The ratio table has a column for each peer that ran: wasmtime serve
-    // and nginx always, static-web-server where it is installed.
+    // (both ways) and nginx always, static-web-server where it is installed.
     let peers = &rows
         .iter()
         .find(|row| row[0] == "case" && row.get(1) == Some(&"ours"))
         .unwrap_or_else(|| panic!("no ratio table in\n{stdout}"))[2..];
-    for peer in ["wasmtime serve", "nginx"] {
+    for peer in SERVERS[2..].iter().copied() {
         assert!(
             peers.contains(&peer),
             "no ratio column for {peer}: {peers:?}"
@@ -132,7 +133,10 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
     for target in [
         "HTTP/2 over TLS, small file: req/s vs nginx",
         "small file, fresh instance: req/s vs wasmtime serve",
+        "small file, --reuse: req/s vs wasmtime serve's reuse",
+        "small file, fresh instance: req/s vs nginx",
         "small file, --reuse: req/s vs nginx",
+        "HTTP/2 over TLS, small file, --reuse: req/s vs nginx",
         "small file p99 vs nginx's (best of fresh, --reuse)",
     ] {
         let line = rows
