@@ -105,9 +105,7 @@ impl CompiledCache {
         }
         Ok((component, Origin::Compiled))
     }
-}
 
-impl CompiledCache {
     /// Whether the cache holds an entry for the component `digest` compiled
     /// by `engine` (it is checked when read, not here).
     pub fn has(&self, engine: &Engine, digest: &Digest) -> bool {
