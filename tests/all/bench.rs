@@ -103,9 +103,9 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         .iter()
         .find(|row| row[0] == "case" && row.get(1) == Some(&"ours"))
         .unwrap_or_else(|| panic!("no ratio table in\n{stdout}"))[2..];
-    for peer in SERVERS[2..].iter().copied() {
+    for peer in &SERVERS[2..] {
         assert!(
-            peers.contains(&peer),
+            peers.contains(peer),
             "no ratio column for {peer}: {peers:?}"
         );
     }

@@ -8,6 +8,7 @@ mod process;
 mod support;
 
 mod bench;
+mod browser;
 mod cli;
 mod compression;
 mod examples;
