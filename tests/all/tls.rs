@@ -163,6 +163,23 @@ fn http1_keeps_its_behaviour_over_tls() {
 }
 
 #[test]
+fn the_bad_input_table_holds_over_tls() {
+    let https = Https::start();
+    for (request, status) in crate::http1::bad_inputs() {
+        let mut tls = https.connect();
+        let _ = tls.write_all(&request);
+        let mut reader = BufReader::new(tls);
+        let response = read_response(&mut reader, false);
+        let shown = String::from_utf8_lossy(&request[..request.len().min(80)]).into_owned();
+        assert_eq!(response.status, status, "{shown}");
+        assert_eq!(response.header("connection"), Some("close"), "{shown}");
+        // The server ends the TLS session (close_notify), then the connection.
+        let mut rest = Vec::new();
+        assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "{shown}");
+    }
+}
+
+#[test]
 fn cleartext_and_broken_handshakes_leave_the_server_serving() {
     let https = Https::start();
     // Plain HTTP to the TLS port: no HTTP response, the connection ends.
