@@ -163,6 +163,46 @@ fn http1_keeps_its_behaviour_over_tls() {
 }
 
 #[test]
+fn http10_chunked_uploads_and_100_continue_hold_over_tls() {
+    let https = Https::start();
+    // HTTP/1.0 without Host: answered, then closed with close_notify.
+    let mut tls = https.connect();
+    tls.write_all(b"GET /ok HTTP/1.0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(tls);
+    let response = read_response(&mut reader, false);
+    assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+    assert_eq!(response.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+
+    // A chunked body, then one sent only after the interim 100, on one
+    // connection.
+    let mut tls = https.connect();
+    tls.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = BufReader::new(tls);
+    let echo = read_response(&mut reader, false);
+    assert_eq!((echo.status, echo.text().as_str()), (200, "abcde"));
+    reader
+        .get_mut()
+        .write_all(
+            b"POST /echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+    let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
+    let mut got = vec![0; interim.len()];
+    reader.read_exact(&mut got).unwrap();
+    assert_eq!(got, interim);
+    reader.get_mut().write_all(b"ping").unwrap();
+    let echo = read_response(&mut reader, false);
+    assert_eq!((echo.status, echo.text().as_str()), (200, "ping"));
+}
+
+#[test]
 fn the_bad_input_table_holds_over_tls() {
     let https = Https::start();
     for (request, status) in crate::http1::bad_inputs() {
