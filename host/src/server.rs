@@ -93,12 +93,13 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
         return Err(StartError::NoCache);
     };
     let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
+    let cache = CompiledCache::new(Some(dir.clone()));
     let guests = Arc::new(GuestContext::new(
         engine.clone(),
         config.root,
         config.env,
         &config.limits,
-        CompiledCache::new(Some(dir.clone())),
+        cache.clone(),
         Arc::new(Metrics::new()),
     ));
     let mut compiled = Vec::new();
@@ -111,7 +112,7 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
         let (name, bytes) = route.guest.read()?;
         let loaded = Guest::load(&ctx, &name, &bytes)?;
         let digest = loaded.guest.digest;
-        if !CompiledCache::new(Some(dir.clone())).has(&engine, &digest) {
+        if !cache.has(&engine, &digest) {
             return Err(StartError::NotStored { name, dir });
         }
         compiled.push(Compiled {

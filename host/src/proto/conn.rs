@@ -48,6 +48,12 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// Short, so a silent client does not hold the shutdown up.
 const SHUTDOWN_IDLE: Duration = Duration::from_secs(1);
 
+/// An idle connection's deadline once shutdown has begun:
+/// [`SHUTDOWN_IDLE`] from now, or `deadline` if that is sooner.
+fn draining(deadline: Instant) -> Instant {
+    deadline.min(Instant::now() + SHUTDOWN_IDLE)
+}
+
 /// What was sent for one request, for the access log.
 struct Sent {
     status: StatusCode,
@@ -295,12 +301,6 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// The idle deadline once shutdown has begun: [`SHUTDOWN_IDLE`] from
-    /// now, or `deadline` if that is sooner.
-    fn draining(&self, deadline: Instant) -> Instant {
-        deadline.min(Instant::now() + SHUTDOWN_IDLE)
-    }
-
     /// Between requests: takes bytes already there, or else gives the
     /// buffers back and waits, holding no memory but the socket, until the
     /// client sends more (`Ok(true)`), or closes or stays idle past
@@ -310,7 +310,7 @@ impl<S: Transport> Conn<S> {
     async fn wait_idle(&mut self, mut deadline: Instant) -> Result<bool, Error> {
         let mut shutting_down = self.shutting_down();
         if shutting_down {
-            deadline = self.draining(deadline);
+            deadline = draining(deadline);
         }
         let Some(tcp) = self.io.tcp() else {
             return self.read_idle(deadline, shutting_down).await;
@@ -329,7 +329,7 @@ impl<S: Transport> Conn<S> {
                 ready = timeout_at(deadline, tcp.readable()) => ready,
                 _ = self.shutdown.changed(), if !shutting_down => {
                     shutting_down = true;
-                    deadline = deadline.min(Instant::now() + SHUTDOWN_IDLE);
+                    deadline = draining(deadline);
                     continue;
                 }
             };
@@ -356,7 +356,7 @@ impl<S: Transport> Conn<S> {
             };
             match read {
                 Some(read) => return Self::idle_read(read),
-                None => deadline = self.draining(deadline),
+                None => deadline = draining(deadline),
             }
         }
         Self::idle_read(timeout_at(deadline, self.io.read_buf(&mut self.buf)).await)
