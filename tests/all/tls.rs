@@ -1,22 +1,25 @@
 //! HTTPS: the HTTP/1.1 front end over rustls, with certificates made in
 //! the test (rcgen) and a real TLS client (rustls) trusting them: ALPN,
-//! both TLS versions, the HTTP/1 behaviour over TLS, wss, the scheme the
-//! guest sees, a certificate replaced on disk, and the files' errors.
+//! both TLS versions, the HTTP/1 behaviour over TLS (its timeouts and the
+//! connection cap too), wss, the scheme the guest sees, a certificate
+//! replaced on disk, and the files' errors.
 
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use crate::metrics::{scrape, value};
 use crate::support::{
-    CLIENT_TIMEOUT, TestServer, demo_root, eventually, fault_guest, read_response, test_limits,
+    CLIENT_TIMEOUT, TestServer, demo_root, eventually, fault_guest, noise, read_response,
+    test_limits,
 };
 use wasmhttpd::tls::TlsFiles;
-use wasmhttpd::{Config, GuestSource};
+use wasmhttpd::{Config, GuestSource, Limits};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, written as PEM
 /// files in `dir`; returns the files and the certificate, for a client to
@@ -76,13 +79,20 @@ struct Https {
 
 impl Https {
     fn start() -> Https {
+        Https::serving(Config {
+            limits: test_limits(),
+            watch: true,
+            ..Config::new(demo_root()).with_guest(GuestSource::File(fault_guest()))
+        })
+    }
+
+    /// `config`, over TLS with a fresh certificate.
+    fn serving(config: Config) -> Https {
         let dir = tempfile::tempdir().unwrap();
         let (files, root) = certificate(dir.path(), "server");
         let server = TestServer::start(Config {
-            limits: test_limits(),
             tls: Some(files.clone()),
-            watch: true,
-            ..Config::new(demo_root()).with_guest(GuestSource::File(fault_guest()))
+            ..config
         });
         Https {
             server,
@@ -217,6 +227,171 @@ fn the_bad_input_table_holds_over_tls() {
         let mut rest = Vec::new();
         assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "{shown}");
     }
+}
+
+/// Asserts the server has ended `tls` with nothing more to read: a
+/// `close_notify`, or a connection closed or reset under it (a broken pipe
+/// for a client whose last bytes could not be sent).
+fn assert_ended(tls: &mut StreamOwned<ClientConnection, TcpStream>) {
+    let mut rest = Vec::new();
+    match tls.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest)),
+        Err(err) => assert!(
+            matches!(
+                err.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ),
+            "{err}"
+        ),
+    }
+}
+
+#[test]
+fn the_timeouts_hold_over_tls() {
+    let root = tempfile::tempdir().unwrap();
+    // Far more than the socket and TLS buffers hold, so the server's
+    // writes block once the client stops reading.
+    let big = noise(64 << 20, 11);
+    std::fs::write(root.path().join("big.bin"), &big).unwrap();
+    std::fs::write(root.path().join("index.html"), "home\n").unwrap();
+    let half_second = Duration::from_millis(500);
+    let https = Https::serving(Config {
+        limits: Limits {
+            header_timeout: half_second,
+            body_timeout: half_second,
+            keep_alive_timeout: half_second,
+            write_timeout: half_second,
+            ..test_limits()
+        },
+        ..Config::new(root.path())
+    });
+
+    // A handshake never begun gets the head's time, then the socket closes.
+    let mut silent = TcpStream::connect(https.server.addr).unwrap();
+    silent.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let mut got = Vec::new();
+    match silent.read_to_end(&mut got) {
+        Ok(_) => assert!(got.is_empty()),
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}"),
+    }
+
+    // A head never finished, and one trickled a byte every 20 ms for four
+    // times the limit.
+    let mut tls = https.connect();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .unwrap();
+    assert_ended(&mut tls);
+    let mut tls = https.connect();
+    for byte in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+        .iter()
+        .chain(&[b'a'; 100])
+    {
+        if tls.write_all(&[*byte]).and_then(|()| tls.flush()).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_ended(&mut tls);
+
+    // A body that stalls gets 408 and the end of the connection.
+    let mut tls = https.connect();
+    tls.write_all(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let mut reader = BufReader::new(tls);
+    let stalled = read_response(&mut reader, false);
+    assert_eq!(stalled.status, 408);
+    assert_eq!(stalled.header("connection"), Some("close"));
+    assert_ended(reader.get_mut());
+
+    // An idle keep-alive connection is ended past its timeout with a
+    // close_notify: a clean end, not a cut one.
+    let mut tls = https.connect();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(tls);
+    let home = read_response(&mut reader, false);
+    assert_eq!((home.status, home.text().as_str()), (200, "home\n"));
+    assert_eq!(home.header("connection"), None);
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+
+    // A client that stops reading is dropped after the write timeout.
+    let mut lazy = https.connect();
+    lazy.write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    lazy.flush().unwrap();
+    https
+        .server
+        .eventually("the server writes to the client", |monitor| {
+            monitor.connections() == 1
+        });
+    https
+        .server
+        .eventually("the server drops the client", |monitor| {
+            monitor.connections() == 0
+        });
+    let mut received = Vec::new();
+    let _ = lazy.read_to_end(&mut received);
+    assert!(
+        received.len() < big.len(),
+        "the server gave up on the client: {} bytes of {}",
+        received.len(),
+        big.len()
+    );
+    // A reading client gets the whole file.
+    let mut tls = https.connect();
+    tls.write_all(b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let whole = read_response(&mut BufReader::new(tls), false);
+    assert!(
+        whole.body == big,
+        "{} bytes of {}",
+        whole.body.len(),
+        big.len()
+    );
+}
+
+#[test]
+fn past_the_connection_cap_tls_clients_wait_for_their_handshake() {
+    let https = Https::serving(Config {
+        limits: Limits {
+            max_connections: 1,
+            keep_alive_timeout: Duration::from_secs(30),
+            ..test_limits()
+        },
+        ..Config::new(demo_root())
+    });
+    let request = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut first = https.connect();
+    first.write_all(request).unwrap();
+    let mut first = BufReader::new(first);
+    assert_eq!(read_response(&mut first, false).status, 200);
+    // The second client's handshake waits in the kernel's backlog,
+    // unanswered while the first stays open; it is not refused.
+    let config = client_config(&https.root, &[b"http/1.1"], rustls::DEFAULT_VERSIONS);
+    let tcp = TcpStream::connect(https.server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut second = StreamOwned::new(ClientConnection::new(config, name).unwrap(), tcp);
+    let waiting = second.conn.complete_io(&mut second.sock).unwrap_err();
+    assert!(
+        matches!(
+            waiting.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{waiting}"
+    );
+    assert!(second.conn.is_handshaking());
+    assert_eq!(https.server.monitor.connections(), 1);
+    drop(first);
+    second.sock.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    second.conn.complete_io(&mut second.sock).unwrap();
+    second.write_all(request).unwrap();
+    let response = read_response(&mut BufReader::new(second), false);
+    assert_eq!(response.status, 200, "served once the first client left");
 }
 
 #[test]

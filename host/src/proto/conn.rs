@@ -140,7 +140,7 @@ impl<S: Transport> Conn<S> {
         loop {
             let head = match self.read_head().await {
                 Ok(Some(head)) => head,
-                Ok(None) => return,
+                Ok(None) => return self.end_idle().await,
                 Err(err) => return self.refuse(err).await,
             };
             let dispatch = self.dispatch.clone();
@@ -578,6 +578,13 @@ impl<S: Transport> Conn<S> {
             self.dispatch.refused(self.conn, sent.status, sent.bytes);
             self.close().await;
         }
+    }
+
+    /// Ends a connection that is idle between requests, its client gone or
+    /// silent past the keep-alive timeout: over TLS with a `close_notify`
+    /// first, so the client can tell a clean close from a cut one.
+    async fn end_idle(mut self) {
+        let _ = timeout(self.limits().write_timeout, self.io.shutdown()).await;
     }
 
     /// Closes the connection: sends FIN, then drains what the client still
