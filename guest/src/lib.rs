@@ -81,15 +81,32 @@ impl Guest for Component {
     fn handle(request: IncomingRequest, outparam: ResponseOutparam) {
         let request = Request::read(request);
         let head_only = matches!(request.method, Method::Head);
-        let reply = match Settings::from_env(environment::get_environment()) {
-            Ok(settings) => respond(&request, &settings),
+        let reply = INSTANCE.with(|instance| match &instance.settings {
+            Ok(settings) => respond(&request, settings, instance.root.as_ref()),
             Err(err) => {
                 eprintln!("wasmhttpd-guest: {err}");
                 error_reply(500, "Internal Server Error", "The server is misconfigured.")
             }
-        };
+        });
         reply.send(outparam, head_only);
     }
+}
+
+/// What stays the same for as long as an instance lives, read from the
+/// host at its first request: an instance that serves many (`--reuse`,
+/// `wasmtime serve --max-instance-reuse-count`) asks once.
+struct Instance {
+    /// The settings from the environment, which is fixed at instantiation.
+    settings: Result<Settings, settings::InvalidSetting>,
+    /// The preopened web root.
+    root: Option<Descriptor>,
+}
+
+thread_local! {
+    static INSTANCE: Instance = Instance {
+        settings: Settings::from_env(environment::get_environment()),
+        root: web_root(),
+    };
 }
 
 /// What the guest uses of a request, read from the host once: each call
@@ -173,13 +190,13 @@ enum Representation {
     OnTheFly(Coding),
 }
 
-fn respond(request: &Request, settings: &Settings) -> Reply {
+fn respond(request: &Request, settings: &Settings, root: Option<&Descriptor>) -> Reply {
     if !matches!(request.method, Method::Get | Method::Head) {
         let mut reply = error_reply(405, "Method Not Allowed", wasmhttpd_pages::detail(405));
         reply.headers.push(("allow", "GET, HEAD".to_owned()));
         return reply;
     }
-    let Some(root) = web_root() else {
+    let Some(root) = root else {
         return error_reply(500, "Internal Server Error", "No web root is mounted.");
     };
     let target = &request.target;
@@ -189,10 +206,16 @@ fn respond(request: &Request, settings: &Settings) -> Reply {
     };
     // Dotfiles (.git/, .env, .htpasswd) are private to the site unless enabled.
     if !settings.dotfiles && resolved.segments.iter().any(|s| hidden(s)) {
-        return not_found(&root);
+        return not_found(root);
     }
     let relative = resolved.relative();
-    match stat(&root, &relative) {
+    // The root is a directory; only what lies below it needs a look.
+    let kind = if resolved.segments.is_empty() {
+        Some(DescriptorType::Directory)
+    } else {
+        stat(root, &relative)
+    };
+    match kind {
         Some(DescriptorType::Directory) if !resolved.trailing_slash => {
             let mut location = resolved.directory_url();
             if let Some((_, query)) = target.split_once('?') {
@@ -203,19 +226,19 @@ fn respond(request: &Request, settings: &Settings) -> Reply {
             reply.headers.push(("location", location));
             reply
         }
-        Some(DescriptorType::Directory) => match open_file(&root, &format!("{relative}/{INDEX}")) {
-            Some(index) => serve_file(request, settings, &root, index),
+        Some(DescriptorType::Directory) => match open_file(root, &format!("{relative}/{INDEX}")) {
+            Some(index) => serve_file(request, settings, root, index),
             None if settings.directory_listing => {
-                list_directory(&root, &resolved, settings).unwrap_or_else(|| not_found(&root))
+                list_directory(root, &resolved, settings).unwrap_or_else(|| not_found(root))
             }
-            None => not_found(&root),
+            None => not_found(root),
         },
-        Some(DescriptorType::RegularFile) => match open_regular(&root, &relative) {
-            Some(file) => serve_file(request, settings, &root, file),
-            None => not_found(&root),
+        Some(DescriptorType::RegularFile) => match open_regular(root, &relative) {
+            Some(file) => serve_file(request, settings, root, file),
+            None => not_found(root),
         },
         // Missing, a symlink that leaves the root, a FIFO, a device: none is served.
-        _ => not_found(&root),
+        _ => not_found(root),
     }
 }
 
