@@ -481,7 +481,8 @@ impl Server {
 /// Serves one accepted connection with the front end it speaks: HTTP/2
 /// when TLS chose `h2` by ALPN or a cleartext connection opens with the
 /// HTTP/2 preface, HTTP/1.1 otherwise. A TLS handshake gets the time a
-/// request head does.
+/// request head does. Each front end's future is boxed, so a connection's
+/// task is the size of the stage it is in, not of the largest.
 async fn serve_connection(
     stream: TcpStream,
     local: SocketAddr,
@@ -498,12 +499,23 @@ async fn serve_connection(
         };
         let mut shutdown = dispatch.shutdown_signal();
         if h2::prior_knowledge(&stream, deadline, &mut shutdown).await {
-            return h2::serve(stream, conn, dispatch).await;
+            return Box::pin(h2::serve(stream, conn, dispatch)).await;
         }
-        return Conn::new(stream, local, peer, false, dispatch)
-            .serve()
-            .await;
+        return Box::pin(Conn::new(stream, local, peer, false, dispatch).serve()).await;
     };
+    Box::pin(serve_tls(stream, local, peer, acceptor, deadline, dispatch)).await;
+}
+
+/// [`serve_connection`] over TLS: the handshake, by `deadline`, then the
+/// front end ALPN chose.
+async fn serve_tls(
+    stream: TcpStream,
+    local: SocketAddr,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    deadline: tokio::time::Instant,
+    dispatch: Arc<Dispatch>,
+) {
     let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => return debug!(cause = %err, "TLS handshake failed"),

@@ -54,6 +54,16 @@ fn draining(deadline: Instant) -> Instant {
     deadline.min(Instant::now() + SHUTDOWN_IDLE)
 }
 
+/// How a connection goes on after a request's exchange.
+enum After {
+    /// Read the next request.
+    Next,
+    /// Close it (FIN, then a moment's draining).
+    Close,
+    /// Drop it: the client has gone, or the connection cannot go on.
+    Drop,
+}
+
 /// What was sent for one request, for the access log.
 struct Sent {
     status: StatusCode,
@@ -136,63 +146,85 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Serves requests until the client leaves, asks to close, or errs.
+    ///
+    /// Between requests the connection's task holds little more than this
+    /// `Conn`: each request's exchange (its body, the guest's call, the
+    /// response being written) is a future of its own, boxed for as long
+    /// as it runs, and a WebSocket session likewise. Ten thousand idle
+    /// keep-alive connections then cost a few hundred bytes each, not the
+    /// room an exchange needs.
     pub(crate) async fn serve(mut self) {
         loop {
             let head = match self.read_head().await {
                 Ok(Some(head)) => head,
                 Ok(None) => return self.end_idle().await,
-                Err(err) => return self.refuse(err).await,
+                Err(err) => return Box::pin(self.refuse(err)).await,
             };
             let dispatch = self.dispatch.clone();
             let exchange = dispatch.begin(&head.method, &head.uri, head.version, self.conn);
             if websocket::wants_upgrade(&head) && dispatch.websocket_guest(&exchange).is_some() {
-                return self.websocket(head, exchange).await;
+                return Box::pin(self.websocket(head, exchange)).await;
             }
-            // Once shutdown has begun, or at the connection's request cap,
-            // the response says it is the last.
-            let last = self.shutting_down()
-                || self.served + 1 >= self.limits().max_requests_per_connection;
-            let (method, version) = (head.method.clone(), head.version);
-            let keep_alive = head.keep_alive && !last;
-            let request = match self.read_body(&head).await {
-                Ok(body) => into_request(head, body),
-                Err(err) => {
-                    let Some(status) = err.status() else {
-                        debug!(id = exchange.id, cause = %err, "closing connection");
-                        return;
-                    };
-                    warn!(id = exchange.id, cause = %err, status = status.as_u16(), "refused request body");
-                    if let Ok(sent) = self.write_page(status, &method, version).await {
+            match Box::pin(self.answer(head, exchange)).await {
+                After::Next => {}
+                After::Close => return self.close().await,
+                After::Drop => return,
+            }
+        }
+    }
+
+    /// Reads the body of the request `head`, has the dispatch answer it
+    /// and writes the response; says how the connection goes on.
+    async fn answer(&mut self, head: RequestHead, exchange: Exchange) -> After {
+        // Once shutdown has begun, or at the connection's request cap, the
+        // response says it is the last.
+        let last =
+            self.shutting_down() || self.served + 1 >= self.limits().max_requests_per_connection;
+        let (method, version) = (head.method.clone(), head.version);
+        let keep_alive = head.keep_alive && !last;
+        let request = match self.read_body(&head).await {
+            Ok(body) => into_request(head, body),
+            Err(err) => {
+                let Some(status) = err.status() else {
+                    debug!(id = exchange.id, cause = %err, "closing connection");
+                    return After::Drop;
+                };
+                warn!(id = exchange.id, cause = %err, status = status.as_u16(), "refused request body");
+                return match self.write_page(status, &method, version).await {
+                    Ok(sent) => {
                         exchange.finish(sent.status, sent.bytes);
-                        self.close().await;
+                        After::Close
                     }
-                    return;
-                }
-            };
-            let Some(response) = self
-                .unless_client_leaves(dispatch.respond(&exchange, request))
-                .await
-            else {
-                // Dropping the guest's future stopped it.
-                debug!(
-                    id = exchange.id,
-                    target = exchange.target(),
-                    "client went away before the response"
-                );
-                return;
-            };
-            self.served += 1;
-            let Ok(sent) = self
-                .write_response(response, &method, version, keep_alive)
-                .await
-            else {
-                debug!(id = exchange.id, "client went away while writing");
-                return;
-            };
-            exchange.finish(sent.status, sent.bytes);
-            if !sent.keep_alive {
-                return self.close().await;
+                    Err(_) => After::Drop,
+                };
             }
+        };
+        let dispatch = self.dispatch.clone();
+        let Some(response) = self
+            .unless_client_leaves(dispatch.respond(&exchange, request))
+            .await
+        else {
+            // Dropping the guest's future stopped it.
+            debug!(
+                id = exchange.id,
+                target = exchange.target(),
+                "client went away before the response"
+            );
+            return After::Drop;
+        };
+        self.served += 1;
+        let Ok(sent) = self
+            .write_response(response, &method, version, keep_alive)
+            .await
+        else {
+            debug!(id = exchange.id, "client went away while writing");
+            return After::Drop;
+        };
+        exchange.finish(sent.status, sent.bytes);
+        if sent.keep_alive {
+            After::Next
+        } else {
+            After::Close
         }
     }
 
