@@ -150,9 +150,9 @@ impl<S: Transport> Conn<S> {
     /// Between requests the connection's task holds little more than this
     /// `Conn`: each request's exchange (its body, the guest's call, the
     /// response being written) is a future of its own, boxed for as long
-    /// as it runs, and a WebSocket session likewise. Ten thousand idle
-    /// keep-alive connections then cost a few hundred bytes each, not the
-    /// room an exchange needs.
+    /// as it runs, and a WebSocket session likewise. An idle keep-alive
+    /// connection's task then takes about 2 KB, not the room an exchange
+    /// needs.
     pub(crate) async fn serve(mut self) {
         loop {
             let head = match self.read_head().await {
