@@ -316,6 +316,12 @@ fn the_timeouts_hold_over_tls() {
     assert_eq!(home.header("connection"), None);
     let mut rest = Vec::new();
     assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0);
+    drop((silent, reader));
+    // The connections above have all ended (the 408's lingers a moment),
+    // so the one below is the only one.
+    https.server.eventually("the earlier connections end", |monitor| {
+        monitor.connections() == 0
+    });
 
     // A client that stops reading is dropped after the write timeout.
     let mut lazy = https.connect();
