@@ -319,9 +319,11 @@ fn the_timeouts_hold_over_tls() {
     drop((silent, reader));
     // The connections above have all ended (the 408's lingers a moment),
     // so the one below is the only one.
-    https.server.eventually("the earlier connections end", |monitor| {
-        monitor.connections() == 0
-    });
+    https
+        .server
+        .eventually("the earlier connections end", |monitor| {
+            monitor.connections() == 0
+        });
 
     // A client that stops reading is dropped after the write timeout.
     let mut lazy = https.connect();
