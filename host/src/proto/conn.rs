@@ -165,7 +165,7 @@ impl<S: Transport> Conn<S> {
             if websocket::wants_upgrade(&head) && dispatch.websocket_guest(&exchange).is_some() {
                 return Box::pin(self.websocket(head, exchange)).await;
             }
-            match Box::pin(self.answer(head, exchange)).await {
+            match Box::pin(self.answer(head, exchange, &dispatch)).await {
                 After::Next => {}
                 After::Close => return self.close().await,
                 After::Drop => return,
@@ -175,7 +175,12 @@ impl<S: Transport> Conn<S> {
 
     /// Reads the body of the request `head`, has the dispatch answer it
     /// and writes the response; says how the connection goes on.
-    async fn answer(&mut self, head: RequestHead, exchange: Exchange) -> After {
+    async fn answer(
+        &mut self,
+        head: RequestHead,
+        exchange: Exchange,
+        dispatch: &Dispatch,
+    ) -> After {
         // Once shutdown has begun, or at the connection's request cap, the
         // response says it is the last.
         let last =
@@ -199,7 +204,6 @@ impl<S: Transport> Conn<S> {
                 };
             }
         };
-        let dispatch = self.dispatch.clone();
         let Some(response) = self
             .unless_client_leaves(dispatch.respond(&exchange, request))
             .await
