@@ -10,7 +10,8 @@
 //!   on request) and `wasmhttpd-plain-guest` (one without the WebSocket
 //!   export) are only for the integration tests, which find them through
 //!   the `WASMHTTPD_FAULT_GUEST` and `WASMHTTPD_PLAIN_GUEST` environment
-//!   variables at compile time.
+//!   variables at compile time; so is `wasmhttpd-p3-guest`, a WASIp3
+//!   guest (`WASMHTTPD_P3_GUEST`).
 //!
 //! The guests are built by a nested `cargo build` with its own target
 //! directory under `OUT_DIR`, so it never waits on the outer build's lock.
@@ -20,12 +21,13 @@ use std::path::PathBuf;
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [&str; 5] = [
+const GUESTS: [&str; 6] = [
     "wasmhttpd-guest",
     "wasmhttpd-register-guest",
     "wasmhttpd-gateway-guest",
     "wasmhttpd-fault-guest",
     "wasmhttpd-plain-guest",
+    "wasmhttpd-p3-guest",
 ];
 
 fn main() {
@@ -86,6 +88,7 @@ fn main() {
         ("WASMHTTPD_GATEWAY_GUEST", "wasmhttpd-gateway-guest"),
         ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
         ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),
+        ("WASMHTTPD_P3_GUEST", "wasmhttpd-p3-guest"),
     ] {
         println!("cargo:rustc-env={variable}={}", artifact(package).display());
     }

@@ -13,11 +13,25 @@ pub struct LengthMismatch {
     pub actual: u64,
 }
 
+/// Fields a trailer section must not carry: framing, routing, and what
+/// the connection itself means.
+const FORBIDDEN_TRAILERS: [http::HeaderName; 7] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::HOST,
+    http::header::CONNECTION,
+    http::header::TRAILER,
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_ENCODING,
+];
+
 /// Frames body bytes for the wire according to the response's [`Framing`].
 #[derive(Debug)]
 pub struct Encoder {
     framing: Framing,
     written: u64,
+    /// The trailer section a chunked body ends with, encoded.
+    trailers: Vec<u8>,
 }
 
 impl Encoder {
@@ -26,6 +40,26 @@ impl Encoder {
         Encoder {
             framing,
             written: 0,
+            trailers: Vec::new(),
+        }
+    }
+
+    /// Sets the trailer fields a chunked body ends with (RFC 9112 §7.1.2).
+    /// A body framed otherwise cannot carry them, and fields that frame or
+    /// route a message are never sent as trailers (RFC 9110 §6.5.1).
+    pub fn trailers(&mut self, fields: &http::HeaderMap) {
+        if self.framing != Framing::Chunked {
+            return;
+        }
+        self.trailers.clear();
+        for (name, value) in fields {
+            if FORBIDDEN_TRAILERS.contains(name) {
+                continue;
+            }
+            self.trailers.extend_from_slice(name.as_str().as_bytes());
+            self.trailers.extend_from_slice(b": ");
+            self.trailers.extend_from_slice(value.as_bytes());
+            self.trailers.extend_from_slice(b"\r\n");
         }
     }
 
@@ -60,7 +94,11 @@ impl Encoder {
     /// `Content-Length` body was written in full.
     pub fn finish(&self, out: &mut Vec<u8>) -> Result<(), LengthMismatch> {
         match self.framing {
-            Framing::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n");
+                out.extend_from_slice(&self.trailers);
+                out.extend_from_slice(b"\r\n");
+            }
             Framing::Length(declared) if declared != self.written => {
                 return Err(LengthMismatch {
                     declared,
@@ -87,6 +125,26 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunked_body_ends_with_its_trailers_and_no_framing_fields() {
+        let mut fields = http::HeaderMap::new();
+        fields.insert("x-checksum", "abc".parse().unwrap());
+        fields.insert(http::header::CONTENT_LENGTH, "5".parse().unwrap());
+        let mut enc = Encoder::new(Framing::Chunked);
+        let mut out = Vec::new();
+        enc.encode(b"hello", &mut out).unwrap();
+        enc.trailers(&fields);
+        enc.finish(&mut out).unwrap();
+        assert_eq!(out, b"5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n");
+
+        let mut enc = Encoder::new(Framing::Length(5));
+        let mut out = Vec::new();
+        enc.encode(b"hello", &mut out).unwrap();
+        enc.trailers(&fields);
+        enc.finish(&mut out).unwrap();
+        assert_eq!(out, b"hello");
+    }
 
     #[test]
     fn a_length_body_is_full_once_every_declared_byte_is_in() {

@@ -87,6 +87,13 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// instance per request, is the strongest isolation (no state survives
 /// from one request to the next).
 pub const DEFAULT_REUSE: usize = 1;
+/// Requests one WASIp3 instance serves at once. As `wasmtime serve`'s
+/// default; an instance takes another only while the ones in it wait.
+pub const DEFAULT_P3_CONCURRENCY: usize = 16;
+/// Requests one WASIp3 instance serves in its life, as `wasmtime serve`'s
+/// default: a guest that leaks memory or keeps state starts afresh now
+/// and then.
+pub const DEFAULT_P3_REUSE: usize = 128;
 
 /// Time the host has to connect (name lookup, TCP and TLS handshakes) for
 /// a guest's outgoing request: a reachable service answers in well under
@@ -313,6 +320,12 @@ settings! {
         /// from each other; more is faster, and state a guest keeps is seen
         /// by the next request on the same instance.
         reuse: Count<usize> = DEFAULT_REUSE,
+        /// Requests one WASIp3 guest instance serves at the same time (a
+        /// WASIp2 instance serves one at a time).
+        p3_concurrency: Count<usize> = DEFAULT_P3_CONCURRENCY,
+        /// Requests one WASIp3 guest instance serves in its life, before
+        /// it is dropped.
+        p3_reuse: Count<usize> = DEFAULT_P3_REUSE,
         /// Where guests may send HTTP requests: SCHEME://HOST[:PORT], such
         /// as https://api.example.com, https://*.example.com, http://*:*
         /// (any public address) or http://10.0.0.0/8:*. Repeatable. None

@@ -6,6 +6,7 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `wasmhttpd_requests_total{class}` | counter | responses by status class (`1xx` … `5xx`) |
+//! | `wasmhttpd_guest_requests_total{wasi}` | counter | requests routed to a guest, by the `wasi:http` it exports (`p2`, `p3`) |
 //! | `wasmhttpd_request_duration_seconds` | histogram | from the request head to the response's last byte |
 //! | `wasmhttpd_open_connections` | gauge | client connections open now |
 //! | `wasmhttpd_guest_instances` | gauge | guest instances alive now (requests, reused, WebSocket) |
@@ -31,6 +32,7 @@ use tokio::net::TcpListener;
 
 use crate::proto::endpoint::{self, Reply};
 use crate::proto::role::RequestHead;
+use crate::wasm::engine::Wasi;
 
 /// The one path the endpoint serves.
 pub const PATH: &str = "/metrics";
@@ -43,6 +45,11 @@ const LATENCY_BUCKETS: (f64, f64, u16) = (0.0005, 2.0, 16);
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabel {
     class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WasiLabel {
+    wasi: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +81,7 @@ pub enum Outgoing {
 pub struct Metrics {
     registry: Registry,
     requests: Family<ClassLabel, Counter>,
+    guest_requests: Family<WasiLabel, Counter>,
     latency: Histogram,
     connections: Gauge,
     instances: Gauge,
@@ -97,6 +105,7 @@ impl Metrics {
     pub fn new() -> Self {
         let (start, factor, count) = LATENCY_BUCKETS;
         let requests = Family::<ClassLabel, Counter>::default();
+        let guest_requests = Family::<WasiLabel, Counter>::default();
         let latency = Histogram::new(exponential_buckets(start, factor, count));
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
         let [traps, timeouts] = [(); 2].map(|()| Counter::default());
@@ -109,6 +118,11 @@ impl Metrics {
             "requests",
             "Responses sent, by status class",
             requests.clone(),
+        );
+        registry.register(
+            "guest_requests",
+            "Requests routed to a guest, by the wasi:http it exports",
+            guest_requests.clone(),
         );
         registry.register(
             "request_duration_seconds",
@@ -159,6 +173,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            guest_requests,
             latency,
             connections,
             instances,
@@ -186,6 +201,15 @@ impl Metrics {
         if let Some(elapsed) = elapsed {
             self.latency.observe(elapsed.as_secs_f64());
         }
+    }
+
+    /// Counts a request routed to a guest that exports `wasi`.
+    pub(crate) fn guest_request(&self, wasi: Wasi) {
+        self.guest_requests
+            .get_or_create(&WasiLabel {
+                wasi: wasi.as_str(),
+            })
+            .inc();
     }
 
     /// Counts a guest's fault.
@@ -224,6 +248,11 @@ impl Metrics {
     /// Client connections open now.
     pub fn open_connections(&self) -> i64 {
         self.connections.get()
+    }
+
+    /// Guest instances alive now.
+    pub fn guest_instances(&self) -> i64 {
+        self.instances.get()
     }
 
     /// Counts an open connection until the guard is dropped.

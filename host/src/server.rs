@@ -20,7 +20,7 @@ use crate::proto::h2;
 use crate::routes::Routes;
 use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest, Origin};
-use crate::wasm::engine::new_engine;
+use crate::wasm::engine::{Engines, Wasi};
 use crate::wasm::guest::{Guest, GuestContext, LoadError};
 use crate::wasm::reload::GuestSlot;
 use crate::watch::{Reload, Watching};
@@ -92,10 +92,10 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
     let Some(dir) = config.cache_dir.clone() else {
         return Err(StartError::NoCache);
     };
-    let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
+    let engines = Engines::new(&config.limits, &config.routes).map_err(StartError::Engine)?;
     let cache = CompiledCache::new(Some(dir.clone()));
     let guests = Arc::new(GuestContext::new(
-        engine.clone(),
+        Arc::new(engines),
         config.root,
         config.env,
         &config.limits,
@@ -112,7 +112,7 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
         let (name, bytes) = route.guest.read()?;
         let loaded = Guest::load(&ctx, &name, &bytes)?;
         let digest = loaded.guest.digest;
-        if !cache.has(&engine, &digest) {
+        if !cache.has(loaded.guest.engine(), &digest) {
             return Err(StartError::NotStored { name, dir });
         }
         compiled.push(Compiled {
@@ -224,6 +224,20 @@ impl Monitor {
         usize::try_from(self.shared.dispatch.metrics().open_connections()).unwrap_or(0)
     }
 
+    /// Guest instances alive now, for requests (running or idle between
+    /// them) and WebSocket sessions, on every route.
+    pub fn guest_instances(&self) -> usize {
+        usize::try_from(self.shared.dispatch.metrics().guest_instances()).unwrap_or(0)
+    }
+
+    /// Which `wasi:http` the guest that serves `path` now exports.
+    pub fn guest_wasi(&self, path: &str) -> Option<Wasi> {
+        self.shared
+            .routes()
+            .find(path)
+            .map(|slot| slot.current().wasi())
+    }
+
     /// WebSocket sessions open now.
     pub fn websocket_sessions(&self) -> usize {
         self.shared.guests.websocket_sessions()
@@ -286,7 +300,7 @@ impl Server {
                 reason: "not a directory".into(),
             });
         }
-        let engine = new_engine(&config.limits, &config.routes).map_err(StartError::Engine)?;
+        let engines = Engines::new(&config.limits, &config.routes).map_err(StartError::Engine)?;
         let metrics = Arc::new(Metrics::new());
         let tls = match config.tls {
             Some(files) => Some(Arc::new(
@@ -295,7 +309,7 @@ impl Server {
             None => None,
         };
         let guests = Arc::new(GuestContext::new(
-            engine,
+            Arc::new(engines),
             root,
             config.env,
             &config.limits,

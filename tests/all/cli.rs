@@ -306,10 +306,22 @@ fn start_wasmtime_serve(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Option<(Running, tempfile::TempDir)> {
+    start_wasmtime_serve_with(wasmhttpd::DEFAULT_GUEST, root, args, env)
+}
+
+/// Starts `wasmtime serve -S cli` with the component `component` on `root`
+/// (plus `args`), or returns `None` when wasmtime is not installed outside
+/// CI.
+pub(crate) fn start_wasmtime_serve_with(
+    component: &[u8],
+    root: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Option<(Running, tempfile::TempDir)> {
     let wasmtime = required_tool("wasmtime", WASMTIME_INSTALL)?;
     let dir = tempfile::tempdir().unwrap();
     let guest = dir.path().join("guest.wasm");
-    std::fs::write(&guest, wasmhttpd::DEFAULT_GUEST).unwrap();
+    std::fs::write(&guest, component).unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -20,6 +20,7 @@ mod long_connections;
 mod many;
 mod metrics;
 mod outbound;
+mod p3;
 mod static_files;
 mod swap_and_routes;
 mod tls;

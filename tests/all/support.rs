@@ -48,6 +48,11 @@ pub fn plain_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_PLAIN_GUEST"))
 }
 
+/// The WASIp3 test guest (`tests/guests/p3`) built by `host/build.rs`.
+pub fn p3_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_P3_GUEST"))
+}
+
 /// A server running on its own runtime thread; stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -232,6 +237,8 @@ pub struct Response {
     pub body: Vec<u8>,
     /// Whether the body was chunked on the wire.
     pub chunked: bool,
+    /// The trailer fields after a chunked body, names lowercased.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
@@ -282,6 +289,7 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
         headers,
         body: Vec::new(),
         chunked: false,
+        trailers: Vec::new(),
     };
     if head_only || matches!(response.status, 100..=199 | 204 | 304) {
         return response;
@@ -296,12 +304,24 @@ pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> Response {
             let mut line = String::new();
             reader.read_line(&mut line).expect("chunk size");
             let size = usize::from_str_radix(line.trim_end(), 16).expect("hex chunk size");
+            if size == 0 {
+                // The trailer section, up to its blank line.
+                loop {
+                    let mut field = String::new();
+                    reader.read_line(&mut field).expect("trailer field");
+                    if field == "\r\n" {
+                        break;
+                    }
+                    let (name, value) = field.trim_end().split_once(':').expect("a field");
+                    response
+                        .trailers
+                        .push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                }
+                break;
+            }
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).expect("chunk data");
             assert_eq!(&chunk[size..], b"\r\n");
-            if size == 0 {
-                break;
-            }
             response.body.extend_from_slice(&chunk[..size]);
         }
     } else {

@@ -256,6 +256,15 @@ impl Exchange {
     ) {
         let elapsed = self.started.elapsed();
         self.metrics.response(status, timed.then_some(elapsed));
+        // Which kind of guest the request went to, if it had a route.
+        let wasi = match &self.route {
+            Some((_, guest)) => {
+                let wasi = guest.wasi();
+                self.metrics.guest_request(wasi);
+                wasi.as_str()
+            }
+            None => "-",
+        };
         let protocol = match self.version {
             Version::HTTP_10 => "HTTP/1.0",
             Version::HTTP_2 => "HTTP/2",
@@ -270,6 +279,7 @@ impl Exchange {
             protocol = %protocol,
             tls = self.conn.tls,
             route = %self.route.as_ref().map_or("-", |(prefix, _)| prefix.as_str()),
+            wasi = %wasi,
             status = status.as_u16(),
             bytes,
             ms = elapsed.as_secs_f64() * 1e3,

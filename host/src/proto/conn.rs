@@ -187,6 +187,7 @@ impl<S: Transport> Conn<S> {
             self.shutting_down() || self.served + 1 >= self.limits().max_requests_per_connection;
         let (method, version) = (head.method.clone(), head.version);
         let keep_alive = head.keep_alive && !last;
+        let trailers = accepts_trailers(&head.headers);
         let request = match self.read_body(&head).await {
             Ok(body) => into_request(head, body),
             Err(err) => {
@@ -218,7 +219,7 @@ impl<S: Transport> Conn<S> {
         };
         self.served += 1;
         let Ok(sent) = self
-            .write_response(response, &method, version, keep_alive)
+            .write_response(response, &method, version, keep_alive, trailers)
             .await
         else {
             debug!(id = exchange.id, "client went away while writing");
@@ -445,13 +446,16 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Writes a response, streaming its body as the guest writes it.
+    /// Writes a response, streaming its body as the guest writes it; a
+    /// chunked body ends with the guest's trailers if the client said it
+    /// takes them (`TE: trailers`, as hyper's server decides too).
     async fn write_response(
         &mut self,
         response: Response,
         method: &Method,
         version: Version,
         keep_alive: bool,
+        trailers: bool,
     ) -> std::io::Result<Sent> {
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
@@ -537,9 +541,18 @@ impl<S: Transport> Conn<S> {
                     break false;
                 }
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && let Err(err) = encoder.encode(&data, &mut self.out)
-                    {
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            if let Some(fields) = frame.trailers_ref()
+                                && trailers
+                            {
+                                encoder.trailers(fields);
+                            }
+                            continue;
+                        }
+                    };
+                    if let Err(err) = encoder.encode(&data, &mut self.out) {
                         warn!(%status, cause = %err, "guest body overran its Content-Length");
                         break false;
                     }
@@ -597,7 +610,8 @@ impl<S: Transport> Conn<S> {
         } else {
             Version::HTTP_11
         };
-        self.write_response(response, method, version, false).await
+        self.write_response(response, method, version, false, false)
+            .await
     }
 
     /// Answers a request the front end refused before its head was whole
@@ -680,6 +694,17 @@ async fn client_gone(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut, cap:
         }
     }
     std::future::pending().await
+}
+
+/// Whether a request's `TE` field lists `trailers`: its client takes
+/// trailer fields after a chunked body (RFC 9110 §10.1.4).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
 }
 
 fn into_request(head: RequestHead, body: Bytes) -> http::Request<Full<Bytes>> {

@@ -26,14 +26,17 @@ use wasmtime::{
     Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::{CompiledCache, Digest, Origin};
+use super::engine::{Engines, Wasi};
 use super::inspect::{self, NotComponent};
 use super::output::{GuestOutput, Stream};
+use super::p3;
 use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::{GuestSource, Limits, RouteLimits};
@@ -101,8 +104,12 @@ pub enum GuestError {
     #[error("guest returned without a response")]
     NoResponse,
     /// The guest answered with a `wasi:http` error code instead of a response.
-    #[error("guest answered with error {0:?}")]
-    ErrorCode(ErrorCode),
+    #[error("guest answered with error {0}")]
+    ErrorCode(String),
+    /// The WASIp3 instance serving the request ended (it trapped on
+    /// another request, or was dropped at its deadline) before answering.
+    #[error("the guest instance ended before answering (its trap is logged as the instance's)")]
+    Lost,
     /// The host could not set up the request for the guest.
     #[error("setting up the guest failed: {0:#}")]
     Setup(wasmtime::Error),
@@ -150,22 +157,26 @@ pub enum BodyError {
 }
 
 /// What every guest of a server shares, across routes and reloads: the
-/// engine, what an instance sees (web root, environment), its deadline,
+/// engines, what an instance sees (web root, environment), its deadline,
 /// the compiled-component cache, and the instance pool's admission.
 pub struct GuestContext {
-    engine: Engine,
+    engines: Arc<Engines>,
     root: PathBuf,
     env: Vec<(String, String)>,
     pub(super) timeout: Duration,
     /// Time a request waits for a free instance.
-    queue_timeout: Duration,
+    pub(super) queue_timeout: Duration,
     /// Requests one instance serves; 1 for a fresh instance per request.
     reuse: usize,
+    /// Requests one WASIp3 instance serves at once.
+    pub(super) p3_concurrency: usize,
+    /// Requests one WASIp3 instance serves in its life.
+    pub(super) p3_reuse: usize,
     cache: CompiledCache,
     /// Linear memory one instance may grow to.
     memory: usize,
     instances: Arc<Semaphore>,
-    max_instances: usize,
+    pub(super) max_instances: usize,
     /// Whether `instances` is a route's own, not the server's.
     own_instances: bool,
     /// Open WebSocket sessions' share of the instance pool.
@@ -181,7 +192,7 @@ impl GuestContext {
     /// A context whose instances get `root` preopened read-only at `/`
     /// and `env` as their environment.
     pub fn new(
-        engine: Engine,
+        engines: Arc<Engines>,
         root: PathBuf,
         env: Vec<(String, String)>,
         limits: &Limits,
@@ -189,12 +200,14 @@ impl GuestContext {
         metrics: Arc<Metrics>,
     ) -> Self {
         GuestContext {
-            engine,
+            engines,
             root,
             env,
             timeout: limits.guest_timeout,
             queue_timeout: limits.queue_timeout,
             reuse: limits.reuse.max(1),
+            p3_concurrency: limits.p3_concurrency.max(1),
+            p3_reuse: limits.p3_reuse.max(1),
             cache,
             memory: limits.guest_memory,
             instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
@@ -218,12 +231,14 @@ impl GuestContext {
             None => (self.instances.clone(), self.max_instances, false),
         };
         GuestContext {
-            engine: self.engine.clone(),
+            engines: self.engines.clone(),
             root: self.root.clone(),
             env: self.env.clone(),
             timeout: limits.guest_timeout.unwrap_or(self.timeout),
             queue_timeout: self.queue_timeout,
             reuse: limits.reuse.unwrap_or(self.reuse).max(1),
+            p3_concurrency: limits.p3_concurrency.unwrap_or(self.p3_concurrency).max(1),
+            p3_reuse: limits.p3_reuse.unwrap_or(self.p3_reuse).max(1),
             cache: self.cache.clone(),
             memory: limits.guest_memory.unwrap_or(self.memory),
             instances,
@@ -241,7 +256,7 @@ impl GuestContext {
 
     /// Waits, up to the queue timeout, for one of the instances this
     /// context may run at once: the one admission of every request.
-    async fn admit(&self) -> Result<OwnedSemaphorePermit, GuestError> {
+    pub(super) async fn admit(&self) -> Result<OwnedSemaphorePermit, GuestError> {
         let queued = Instant::now() + self.queue_timeout;
         tokio::time::timeout_at(queued, self.instances.clone().acquire_owned())
             .await
@@ -281,14 +296,27 @@ impl GuestContext {
 /// A loaded, linked, pre-instantiated guest component: one version of one
 /// route's guest.
 pub struct Guest {
-    pre: ProxyPre<GuestState>,
+    serve: Serve,
     /// The WebSocket export, when the component has one.
     pub(super) websocket: Option<WebsocketHandlerPre<GuestState>>,
+    /// The engine its code was compiled by.
+    pub(super) engine: Engine,
     pub(super) ctx: Arc<GuestContext>,
-    /// The idle instances of this version, with `--reuse` above 1.
-    pool: Option<Arc<Instances>>,
     /// The component's SHA-256.
     pub digest: Digest,
+}
+
+/// How a guest's requests are served, by the `wasi:http` it exports.
+enum Serve {
+    /// One request at a time per instance, in the request's own task.
+    P2 {
+        pre: ProxyPre<GuestState>,
+        /// The idle instances of this version, with `--reuse` above 1.
+        pool: Option<Arc<Instances>>,
+    },
+    /// Several requests at once per instance, each instance in a task of
+    /// its own.
+    P3(p3::Handler),
 }
 
 /// A guest just loaded, and how.
@@ -342,23 +370,35 @@ impl Guest {
             });
         }
         let digest = Digest::of(bytes);
-        let (component, origin) = ctx
-            .cache
-            .load(&ctx.engine, bytes, &digest)
-            .map_err(invalid)?;
-        let mut linker = Linker::new(&ctx.engine);
+        let wasi = inspect::wasi_export(bytes);
+        let engine = ctx.engines.get(wasi).map_err(invalid)?;
+        let (component, origin) = ctx.cache.load(&engine, bytes, &digest).map_err(invalid)?;
+        let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
+        if wasi == Wasi::P3 {
+            wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(invalid)?;
+            wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(invalid)?;
+        }
         let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
         let websocket = websocket::find(&component, &instance_pre).map_err(invalid)?;
-        let pre = ProxyPre::new(instance_pre).map_err(invalid)?;
-        let pool = (ctx.reuse > 1).then(|| Pool::new(ctx.reuse));
+        let serve = match wasi {
+            Wasi::P3 => Serve::P3(p3::Handler::new(
+                ServicePre::new(instance_pre).map_err(invalid)?,
+                engine.clone(),
+                ctx.clone(),
+            )),
+            Wasi::P2 => Serve::P2 {
+                pre: ProxyPre::new(instance_pre).map_err(invalid)?,
+                pool: (ctx.reuse > 1).then(|| Pool::new(ctx.reuse)),
+            },
+        };
         Ok(Loaded {
             guest: Guest {
-                pre,
+                serve,
                 websocket,
+                engine,
                 ctx: ctx.clone(),
-                pool,
                 digest,
             },
             origin,
@@ -384,22 +424,54 @@ impl Guest {
         result
     }
 
+    /// Which `wasi:http` this guest exports.
+    pub fn wasi(&self) -> Wasi {
+        match self.serve {
+            Serve::P2 { .. } => Wasi::P2,
+            Serve::P3(_) => Wasi::P3,
+        }
+    }
+
+    /// The engine its code was compiled by.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     async fn dispatch(
         &self,
         request: http::Request<RequestBody>,
         id: u64,
         fault: &FaultOnce,
     ) -> Result<GuestResponse, GuestError> {
+        let stall = Stall::new(self.ctx.timeout, fault);
+        let (pre, pool) = match &self.serve {
+            Serve::P2 { pre, pool } => (pre, pool),
+            Serve::P3(handler) => {
+                let answered = handler.handle(request, id).await?;
+                return Ok(answered.response.map(|body| GuestBody {
+                    body,
+                    run: None,
+                    stall,
+                    pool: None,
+                    held: Some(answered.held),
+                    ended: false,
+                }));
+            }
+        };
         let permit = self.ctx.admit().await?;
         let deadline = Instant::now() + self.ctx.timeout;
         // The one deadline of a response head, fresh instance or reused.
-        let (response, run) =
-            within(deadline, self.start(request, id, fault, deadline, permit)).await?;
+        let (response, run) = within(
+            deadline,
+            self.start(pre, pool, request, id, fault, deadline, permit),
+        )
+        .await?;
         Ok(response.map(|body| GuestBody {
             body,
             run,
-            stall: Stall::new(self.ctx.timeout, fault),
-            pool: self.pool.clone(),
+            stall,
+            pool: pool.clone(),
+            held: None,
             ended: false,
         }))
     }
@@ -407,8 +479,11 @@ impl Guest {
     /// Runs `request` in an instance, a fresh one or one from the pool,
     /// until the guest sets its response head; the instance, if still
     /// running, comes back with the response to be polled with its body.
+    #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
+        pre: &ProxyPre<GuestState>,
+        pool: &Option<Arc<Instances>>,
         request: http::Request<RequestBody>,
         id: u64,
         fault: &FaultOnce,
@@ -416,7 +491,7 @@ impl Guest {
         permit: OwnedSemaphorePermit,
     ) -> Result<(http::Response<HyperOutgoingBody>, Option<RunningGuest>), GuestError> {
         let answered = Arc::new(AtomicBool::new(false));
-        let (mut store, proxy, served) = match self.pool.as_ref().and_then(|pool| pool.take()) {
+        let (mut store, proxy, served) = match pool.as_ref().and_then(|pool| pool.take()) {
             Some(idle) => {
                 let (mut store, proxy) = idle.instance;
                 store.data_mut().arm(id, deadline, answered.clone());
@@ -425,7 +500,7 @@ impl Guest {
             None => {
                 let store = self
                     .ctx
-                    .new_store(deadline, answered.clone(), id)
+                    .new_store(&self.engine, deadline, answered.clone(), id)
                     .map_err(GuestError::Setup)?;
                 (store, None, 0)
             }
@@ -443,9 +518,9 @@ impl Guest {
             wasmtime::Result::Ok((request, outparam))
         };
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
-        let pre = self.pre.clone();
+        let pre = pre.clone();
         let fault = fault.clone();
-        let pooled = self.pool.is_some();
+        let pooled = pool.is_some();
         // The instance runs inside the connection's task, polled with the
         // response's body: no task of its own, and no wake-up across
         // threads for each piece of the body.
@@ -487,7 +562,7 @@ impl Guest {
             Ok(Ok(head)) => (head, Some(run)),
             // The outparam was dropped unset: the guest is returning or
             // trapping.
-            Ok(Err(_)) => return Err(self.unanswered(run.await, served)),
+            Ok(Err(_)) => return Err(self.unanswered(pool, run.await, served)),
             // The guest returned (or trapped); it may have set its response
             // first.
             Err(done) => match receiver.try_recv() {
@@ -495,22 +570,22 @@ impl Guest {
                     // A fault after the head was reported by the run, and
                     // shows as a body cut short.
                     if let Ok(finished) = done {
-                        settle(self.pool.as_deref(), finished, head.is_ok());
+                        settle(pool.as_deref(), finished, head.is_ok());
                     }
                     (head, None)
                 }
-                Err(_) => return Err(self.unanswered(done, served)),
+                Err(_) => return Err(self.unanswered(pool, done, served)),
             },
         };
         match head {
             Ok(response) => {
                 answered.store(true, Ordering::Relaxed);
-                if let (Some(pool), 1..) = (&self.pool, served) {
+                if let (Some(pool), 1..) = (pool, served) {
                     pool.answered_again();
                 }
                 Ok((response, run))
             }
-            Err(code) => Err(GuestError::ErrorCode(code)),
+            Err(code) => Err(GuestError::ErrorCode(format!("{code:?}"))),
         }
     }
 }
@@ -519,9 +594,14 @@ impl Guest {
     /// Why an instance that had served `served` requests left this one
     /// unanswered; a guest that cannot answer twice on one instance stops
     /// being reused.
-    fn unanswered<T>(&self, done: wasmtime::Result<T>, served: usize) -> GuestError {
+    fn unanswered<T>(
+        &self,
+        pool: &Option<Arc<Instances>>,
+        done: wasmtime::Result<T>,
+        served: usize,
+    ) -> GuestError {
         let err = unanswered(done);
-        if let (GuestError::NoResponse, 1.., Some(pool)) = (&err, served, &self.pool)
+        if let (GuestError::NoResponse, 1.., Some(pool)) = (&err, served, pool)
             && pool.stop_reuse()
         {
             warn!(
@@ -571,6 +651,7 @@ impl GuestContext {
     /// logged under the request id `id`.
     pub(crate) fn new_store(
         &self,
+        engine: &Engine,
         deadline: Instant,
         lifted: Arc<AtomicBool>,
         id: u64,
@@ -582,7 +663,7 @@ impl GuestContext {
             &self.root, &self.env, deadline, lifted, request, hooks, live,
         )?;
         state.limits = MemoryCap::new(self.memory);
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|store| {
@@ -689,6 +770,8 @@ pub struct GuestBody {
     stall: Stall,
     /// Where a reused instance goes back once its call returns.
     pool: Option<Arc<Instances>>,
+    /// A WASIp3 body's hold on its request slot and instance.
+    held: Option<p3::Held>,
     /// Whether the body has ended.
     ended: bool,
 }
@@ -772,6 +855,8 @@ impl Body for GuestBody {
                 self.stall.sleep = None;
                 if frame.is_none() {
                     self.ended = true;
+                    // A WASIp3 instance's work for this body is done.
+                    self.held = None;
                     // Most guests return as they end their body.
                     self.poll_run(cx);
                 }

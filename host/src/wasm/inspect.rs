@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::engine::Wasi;
+
 /// The first bytes of every WebAssembly binary.
 const MAGIC: &[u8; 4] = b"\0asm";
 /// The version and layer fields of a core module (version 1, layer 0).
@@ -104,6 +106,41 @@ pub fn initial_memory(bytes: &[u8]) -> Option<u64> {
     }
     Some(largest)
 }
+
+/// Which `wasi:http` handler the component `bytes` exports: WASIp3 when
+/// one of its own exports is `wasi:http/handler@0.3.x`, WASIp2 otherwise
+/// (linking then says whether it exports `incoming-handler@0.2.x`). WAT
+/// text, and a binary that does not parse, are taken for WASIp2.
+pub fn wasi_export(bytes: &[u8]) -> Wasi {
+    if !bytes.starts_with(MAGIC) {
+        return Wasi::P2;
+    }
+    // Nested modules and components have sections of their own: only the
+    // outermost component's exports count.
+    let mut depth = 0_usize;
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(wasmparser::Payload::Version { .. }) => depth += 1,
+            Ok(wasmparser::Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(wasmparser::Payload::ComponentExportSection(exports)) if depth == 1 => {
+                for export in exports {
+                    let Ok(export) = export else {
+                        return Wasi::P2;
+                    };
+                    if export.name.name.starts_with(P3_HANDLER) {
+                        return Wasi::P3;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return Wasi::P2,
+        }
+    }
+    Wasi::P2
+}
+
+/// The name of the WASIp3 handler export, up to its minor version.
+const P3_HANDLER: &str = "wasi:http/handler@0.3.";
 
 /// `bytes` in MiB, rounded up: what a `--guest-memory` must be to hold them.
 pub fn mib_to_hold(bytes: u64) -> u64 {

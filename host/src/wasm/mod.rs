@@ -13,6 +13,7 @@ pub mod engine;
 pub mod guest;
 pub mod inspect;
 mod output;
+mod p3;
 pub mod reload;
 mod reuse;
 pub mod websocket;

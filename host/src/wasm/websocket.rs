@@ -86,7 +86,7 @@ impl Guest {
         let deadline = Instant::now() + self.ctx.timeout;
         let mut store = self
             .ctx
-            .new_store(deadline, Arc::new(AtomicBool::new(false)), id)
+            .new_store(&self.engine, deadline, Arc::new(AtomicBool::new(false)), id)
             .map_err(GuestError::Setup)?;
         let handler = within(deadline, pre.instantiate_async(&mut store)).await?;
         let mut session = Session {

@@ -1,0 +1,341 @@
+//! WASIp3 guests (`wasi:http/handler@0.3.x`): instances that serve several
+//! requests at once, through wasmtime-wasi-http's `ProxyHandler`.
+//!
+//! Each guest version has one handler. A request goes to a worker (one
+//! instance in its own task, running the component model's event loop)
+//! that takes it if the instance has fewer than `p3-concurrency` requests
+//! in it, has taken fewer than `p3-reuse` in its life, and is not busy
+//! computing (the guest's own backpressure keeps it from taking more, as
+//! wasmtime's `poll_ready_for_concurrent_call` says); otherwise the handler
+//! starts a worker with a new instance. An instance holds one of the
+//! route's instances (`--max-instances`) from its instantiation until it
+//! ends, and a request one of the version's request slots (the instances
+//! times the concurrency) until its response body ends.
+//!
+//! Deadlines: a request that has no response head by the guest timeout
+//! gets 504, and its instance takes no new requests; its neighbours run
+//! on. The instance ends once every request in it has answered or expired
+//! and it has nothing left to do, or once it has had no request for the
+//! guest timeout while it still computes or blocks (a guest stuck in a
+//! loop cannot be stopped on its own: the whole instance is dropped, with
+//! whatever requests are still in it). A trap ends the instance: the
+//! request that trapped gets 500, and so do the others in it that had no
+//! response head yet; a body being streamed is cut short. An instance with
+//! no request is dropped after [`IDLE_INSTANCE`].
+//!
+//! A response body in the host counts as work of its instance: an instance
+//! whose guest has answered but still writes a body is not ended for it,
+//! however long the body takes to reach a slow client (each piece still
+//! has the guest timeout, as for WASIp2).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::{Instant, Sleep};
+use wasmtime::component::GuestTaskId;
+use wasmtime::{Engine, Store, StoreContextMut};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{
+    ExpirationError, HandlerState, Instance, InstantiationError, ProxyHandler, ProxyPre,
+    ShouldAccept, TrapOrPanicError, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::ServicePre;
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+use super::guest::{GuestContext, GuestError, GuestState, RequestBody, classify, within};
+use super::reuse::IDLE_INSTANCE;
+use crate::metrics::{Fault, Metrics};
+use tracing::warn;
+
+/// The instances of one WASIp3 guest version.
+pub(super) struct Handler {
+    handler: ProxyHandler<Instances>,
+    /// Requests in this version's instances, or waiting for one.
+    requests: Arc<Semaphore>,
+}
+
+/// A WASIp3 response as the handler gives it: the head, and a body that
+/// streams from the instance, with what it holds while it does.
+pub(super) struct Answered {
+    pub(super) response: http::Response<RequestBody>,
+    pub(super) held: Held,
+}
+
+/// What a WASIp3 response body holds until it ends: its request's slot,
+/// and its instance's count of bodies being written.
+pub(super) struct Held {
+    _request: OwnedSemaphorePermit,
+    _body: Option<OpenBody>,
+}
+
+impl Handler {
+    /// The handler of a guest version whose pre-instance is `pre`,
+    /// compiled by `engine`, in `ctx`.
+    pub(super) fn new(pre: ServicePre<GuestState>, engine: Engine, ctx: Arc<GuestContext>) -> Self {
+        let slots = ctx.max_instances.saturating_mul(ctx.p3_concurrency);
+        Handler {
+            requests: Arc::new(Semaphore::new(slots.min(Semaphore::MAX_PERMITS))),
+            handler: ProxyHandler::new(Instances {
+                pre: ProxyPre::P3(pre),
+                engine,
+                ctx,
+            }),
+        }
+    }
+
+    /// Runs `request` (id `id`) in one of this version's instances, until
+    /// its response head.
+    pub(super) async fn handle(
+        &self,
+        request: http::Request<RequestBody>,
+        id: u64,
+    ) -> Result<Answered, GuestError> {
+        let ctx = &self.handler.state().ctx;
+        let queued = Instant::now() + ctx.queue_timeout;
+        let slot = tokio::time::timeout_at(queued, self.requests.clone().acquire_owned())
+            .await
+            .map_err(|_| GuestError::Busy)?
+            .map_err(|_| GuestError::Busy)?;
+        let (body_sender, body) = oneshot::channel();
+        // The instance gives up on the request no sooner than this, so a
+        // request it drops with its instance at the deadline reads as the
+        // timeout it is.
+        let deadline = Instant::now() + ctx.timeout;
+        let response = within(deadline, async {
+            self.handler
+                .handle(Request { id, body_sender }, request)
+                .await
+                .map_err(explain)
+        })
+        .await?;
+        Ok(Answered {
+            response,
+            held: Held {
+                _request: slot,
+                // Sent when the instance took the request, which it has.
+                _body: body.await.ok(),
+            },
+        })
+    }
+}
+
+/// What a request failed with, as a [`GuestError`].
+fn explain(err: wasmtime::Error) -> GuestError {
+    if err.is::<ExpirationError>() {
+        return GuestError::Timeout;
+    }
+    if err.is::<TrapOrPanicError>() {
+        return GuestError::Lost;
+    }
+    if let Some(failed) = err.downcast_ref::<InstantiationError<Request>>() {
+        return match failed.error.downcast_ref::<GuestError>() {
+            Some(GuestError::Busy) => GuestError::Busy,
+            _ => GuestError::Setup(wasmtime::format_err!("{:#}", failed.error)),
+        };
+    }
+    if let Some(code) = err.downcast_ref::<ErrorCode>() {
+        return GuestError::ErrorCode(format!("{code:?}"));
+    }
+    classify(err)
+}
+
+/// What the handler passes with a request to the instance that takes it.
+struct Request {
+    /// The request's id, which the instance's output is logged with.
+    id: u64,
+    /// Where the instance sends its count of open bodies.
+    body_sender: oneshot::Sender<OpenBody>,
+}
+
+/// Makes the instances of one guest version.
+struct Instances {
+    pre: ProxyPre<GuestState>,
+    engine: Engine,
+    ctx: Arc<GuestContext>,
+}
+
+impl HandlerState for Instances {
+    type StoreData = GuestState;
+    type WorkerExpiration = Expiry;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<GuestState, Expiry, Worker>> {
+        let ctx = &self.ctx;
+        let instance = ctx.admit().await.map_err(wasmtime::Error::new)?;
+        let deadline = Instant::now() + ctx.timeout;
+        // The epoch callback only yields: a request's deadline is kept by
+        // the worker, and an instance past it is dropped whole.
+        let mut store =
+            ctx.new_store(&self.engine, deadline, Arc::new(AtomicBool::new(true)), 0)?;
+        let proxy =
+            match tokio::time::timeout_at(deadline, self.pre.instantiate_async(&mut store)).await {
+                Ok(proxy) => proxy.map_err(|err| store.data().explain(err))?,
+                Err(_) => return Err(wasmtime::Error::new(GuestError::Timeout)),
+            };
+        let bodies = Arc::new(Bodies::default());
+        let expired = Arc::new(AtomicBool::new(false));
+        Ok(Instance {
+            store,
+            proxy,
+            view: GuestState::http,
+            expiration: Expiry {
+                timeout: ctx.timeout,
+                bodies: bodies.clone(),
+                sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                armed: None,
+                expired: expired.clone(),
+            },
+            state: Worker {
+                concurrency: ctx.p3_concurrency,
+                lifetime: ctx.p3_reuse,
+                timeout: ctx.timeout,
+                bodies,
+                expired,
+                metrics: ctx.metrics.clone(),
+                _instance: instance,
+            },
+        })
+    }
+}
+
+/// One instance's limits, and its admission.
+struct Worker {
+    /// Requests it may have in it at once.
+    concurrency: usize,
+    /// Requests it may take in its life.
+    lifetime: usize,
+    /// Time a request has for its response head.
+    timeout: Duration,
+    bodies: Arc<Bodies>,
+    /// Set when the instance is dropped at a deadline, not for a trap.
+    expired: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    _instance: OwnedSemaphorePermit,
+}
+
+impl WorkerState for Worker {
+    type StoreData = GuestState;
+    type RequestData = Request;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.lifetime {
+            ShouldAccept::Never
+        } else if concurrent >= self.concurrency {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        mut store: StoreContextMut<'_, GuestState>,
+        request: Request,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        store
+            .data_mut()
+            .request
+            .store(request.id, Ordering::Relaxed);
+        // A request that has gone already closes its body at once.
+        let _ = request.body_sender.send(OpenBody::new(&self.bodies));
+        Box::pin(tokio::time::sleep(self.timeout))
+    }
+
+    fn drop(&self, store: Store<GuestState>, result: wasmtime::Result<()>) {
+        let Err(err) = result else {
+            return;
+        };
+        if self.expired.load(Ordering::Relaxed) {
+            // Each request in it was counted at its deadline.
+            warn!("a WASIp3 guest instance was dropped at its deadline");
+            return;
+        }
+        // Its requests without a response head get 500 as `Lost`: the
+        // trap is counted here, once.
+        self.metrics.guest_fault(Fault::Trap);
+        let err = store.data().explain(err);
+        warn!(cause = %format!("{err:#}"), "a WASIp3 guest instance trapped");
+    }
+}
+
+/// The response bodies of one instance's requests that the host has not
+/// finished with (and those that have not reached the host yet).
+#[derive(Default)]
+struct Bodies {
+    open: AtomicUsize,
+    /// Woken when the last one closes.
+    closed: AtomicWaker,
+}
+
+/// One of an instance's [`Bodies`], closed when dropped.
+pub(super) struct OpenBody(Arc<Bodies>);
+
+impl OpenBody {
+    fn new(bodies: &Arc<Bodies>) -> OpenBody {
+        bodies.open.fetch_add(1, Ordering::AcqRel);
+        OpenBody(bodies.clone())
+    }
+}
+
+impl Drop for OpenBody {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.closed.wake();
+        }
+    }
+}
+
+/// When an instance is done: idle for [`IDLE_INSTANCE`]; or, with requests
+/// in it or work after them, no new request for the guest timeout and no
+/// response body of it still being written.
+struct Expiry {
+    timeout: Duration,
+    bodies: Arc<Bodies>,
+    sleep: Pin<Box<Sleep>>,
+    /// The status and start the sleep was set for.
+    armed: Option<(WorkerStatus, std::time::Instant)>,
+    /// Set when it ends an instance that still had work.
+    expired: Arc<AtomicBool>,
+}
+
+impl WorkerExpiration for Expiry {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        status: WorkerStatus,
+        start: std::time::Instant,
+    ) -> Poll<()> {
+        let me = &mut *self;
+        if status == WorkerStatus::PostReturn {
+            me.bodies.closed.register(cx.waker());
+            if me.bodies.open.load(Ordering::Acquire) > 0 {
+                me.armed = None;
+                return Poll::Pending;
+            }
+        }
+        if me.armed != Some((status, start)) {
+            let limit = match status {
+                WorkerStatus::Idle => IDLE_INSTANCE,
+                WorkerStatus::Requests | WorkerStatus::PostReturn => me.timeout,
+            };
+            // Counted from now when a body has just closed after `start`.
+            let from = Instant::from_std(start).max(match me.armed {
+                None if status == WorkerStatus::PostReturn => Instant::now(),
+                _ => Instant::from_std(start),
+            });
+            me.sleep.as_mut().reset(from + limit);
+            me.armed = Some((status, start));
+        }
+        std::task::ready!(me.sleep.as_mut().poll(cx));
+        if status != WorkerStatus::Idle {
+            me.expired.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(())
+    }
+}
