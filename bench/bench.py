@@ -10,6 +10,12 @@ throughput, the server's CPU time per request, the ratio of wasmhttpd to each
 peer, the resident memory of each server holding 10 000 idle keep-alive
 connections, and how the figures stand against the project's targets.
 
+With the WASIp3 test guest (tests/guests/p3), it loads wasmhttpd and
+`wasmtime serve` side by side, each with its defaults for a WASIp3
+component (both reuse an instance for several requests at once), on a
+small answer (`/ok`) and on one that waits 1 ms in the guest (`/sleep`),
+where serving requests concurrently in one instance is the point.
+
 Over TLS it loads wasmhttpd (fresh and --reuse) and nginx (`listen ... ssl
 http2`, the same files) with a certificate made for the run: h2load on
 HTTP/2 with 10 streams per connection, and wrk with a new TLS connection per
@@ -41,6 +47,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_guest.wasm"
+P3_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_p3_guest.wasm"
 WASMHTTPD = REPO / "target/release/wasmhttpd"
 # Requests a reused instance serves: enough that instantiation is rare.
 REUSE = 1000
@@ -59,6 +66,16 @@ TLS_CASES = [
     ("h2", "/index.html", 16, "h2load"),
     ("tls-new-conn", "/index.html", 16, "wrk"),
 ]
+# With the WASIp3 test guest, against wasmtime serve: name, path,
+# connections, extra wrk args.
+P3_CASES = [
+    ("p3", "/ok", None, []),
+    ("p3-wait", "/sleep?ms=1", None, []),
+]
+# The names of the two servers that run the WASIp3 guest.
+P3_SUFFIX = " (p3 guest)"
+P3_OURS = "wasmhttpd" + P3_SUFFIX
+P3_PEER = "wasmtime serve" + P3_SUFFIX
 # HTTP/2 streams h2load keeps open per connection.
 H2_STREAMS = 10
 
@@ -271,7 +288,8 @@ http {{
 def build():
     subprocess.run(["cargo", "build", "--release", "-p", "wasmhttpd"], cwd=REPO, check=True)
     subprocess.run(
-        ["cargo", "build", "--release", "-p", "wasmhttpd-guest", "--target", "wasm32-wasip2"],
+        ["cargo", "build", "--release", "-p", "wasmhttpd-guest", "-p", "wasmhttpd-p3-guest",
+         "--target", "wasm32-wasip2"],
         cwd=REPO, check=True,
     )
 
@@ -308,6 +326,21 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                               ["static-web-server", "--host", "127.0.0.1", "--port", str(port),
                                "--root", str(root), "--log-level", "error",
                                "--compression", "false"], port))
+
+
+def start_p3_servers(servers, root, wasmhttpd, guest):
+    """wasmhttpd and wasmtime serve with the WASIp3 guest, each with its
+    own defaults for it."""
+    port = free_port()
+    servers.append(Server(P3_OURS,
+                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", "--root", str(root),
+                           "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
+                           "--max-requests-per-connection", "1000000", "--guest", str(guest)],
+                          port))
+    port = free_port()
+    servers.append(Server(P3_PEER,
+                          ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
+                           "--addr", f"127.0.0.1:{port}", str(guest)], port))
 
 
 def start_tls_servers(servers, root, workdir, wasmhttpd):
@@ -374,13 +407,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs of each case per server, interleaved; the median counts")
     parser.add_argument("--only", nargs="*",
-                        help="cases to run (small 1mib 404 new-conn idle h2 tls-new-conn)")
+                        help="cases to run (small 1mib 404 new-conn idle p3 p3-wait h2 "
+                             "tls-new-conn)")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--wasmhttpd", type=Path, default=WASMHTTPD,
                         help="the wasmhttpd binary (default: the release build)")
     parser.add_argument("--guest", type=Path, default=GUEST,
                         help="the default guest's component, for wasmtime serve "
                              "(default: the release build)")
+    parser.add_argument("--p3-guest", type=Path, default=P3_GUEST,
+                        help="the WASIp3 test guest's component (default: the release build)")
     parser.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS,
                         help="idle keep-alive connections held open on each server")
     args = parser.parse_args()
@@ -421,6 +457,18 @@ def main():
         finally:
             for server in servers:
                 server.stop()
+        if not args.only or any(case[0] in args.only for case in P3_CASES):
+            p3_servers = []
+            try:
+                start_p3_servers(p3_servers, root, args.wasmhttpd, args.p3_guest)
+                results.update(run_cases(
+                    P3_CASES, p3_servers, args,
+                    lambda port, path, connections, extra: wrk(port, path, connections,
+                                                               args.duration, extra)))
+            finally:
+                for server in p3_servers:
+                    server.stop()
+            servers += p3_servers
         tls_cases = [case for case in TLS_CASES if not args.only or case[0] in args.only]
         missing = [tool for tool in ["openssl", "h2load"] if not shutil.which(tool)]
         if tls_cases and missing:
@@ -444,8 +492,10 @@ def main():
 
 def report(results, idle, servers, args):
     names = [s.name for s in servers]
-    ours = [n for n in names if n.startswith("wasmhttpd")]
-    peers = [n for n in names if not n.startswith("wasmhttpd")]
+    # The WASIp3 guest's two servers have a ratio table of their own.
+    p3 = [n for n in names if n.endswith(P3_SUFFIX)]
+    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3]
+    peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
           f"{args.connections} connections unless the case says; all servers in one run; "
           f"each figure is the median of {args.rounds} interleaved runs.\n")
@@ -455,6 +505,8 @@ def report(results, idle, servers, args):
         label = {"small": f"small file ({args.connections} conns, keep-alive)",
                  "1mib": "1 MiB file (16 conns)", "404": f"404 ({args.connections} conns)",
                  "new-conn": "new connection per request (16 conns)",
+                 "p3": f"WASIp3 guest, /ok ({args.connections} conns)",
+                 "p3-wait": f"WASIp3 guest, 1 ms wait in the guest ({args.connections} conns)",
                  "h2": f"HTTP/2 over TLS, small file (16 conns × {H2_STREAMS} streams; "
                        "p50: mean)",
                  "tls-new-conn": "new TLS connection per request (16 conns)"}[case]
@@ -471,12 +523,14 @@ def report(results, idle, servers, args):
             print(f"| {name} | {before:.1f} MiB | {holding:.1f} MiB{note} |")
     print("\nRatios (wasmhttpd ÷ peer; for p99, peer ÷ wasmhttpd, so above 1 is better "
           "for wasmhttpd everywhere):\n")
-    order = [c[0] for c in CASES + TLS_CASES]
+    order = [c[0] for c in CASES + P3_CASES + TLS_CASES]
     cases = sorted({case for case, _ in results}, key=order.index)
     print("| case | ours | " + " | ".join(peers) + " |")
     print("|---|---|" + "---:|" * len(peers))
     for case in cases:
         for mine in ours:
+            if (case, mine) not in results:
+                continue
             cells = []
             for peer in peers:
                 a, b = results.get((case, mine)), results.get((case, peer))
@@ -489,6 +543,15 @@ def report(results, idle, servers, args):
                     cell += f", p99 {b['p99'] / a['p99']:.2f}×"
                 cells.append(cell)
             print(f"| {case} | {mine} | " + " | ".join(cells) + " |")
+    p3_cases = [case for case in cases if (case, P3_OURS) in results]
+    if p3_cases:
+        print(f"\n| WASIp3 case | {P3_OURS} ÷ {P3_PEER} |")
+        print("|---|---:|")
+        for case in p3_cases:
+            a, b = results[(case, P3_OURS)], results.get((case, P3_PEER))
+            if b:
+                print(f"| {case} | {a['rps'] / b['rps']:.2f}× req/s, "
+                      f"p99 {b['p99'] / a['p99']:.2f}× |")
     report_targets(results, idle, args.idle_connections)
 
 
@@ -512,6 +575,11 @@ def report_targets(results, idle, idle_connections):
          ratio("small", reuse, "nginx"), lambda x: x >= 0.75),
         ("1 MiB file: bytes/s vs nginx", "≥ 0.9×",
          ratio("1mib", fresh, "nginx", "bytes"), lambda x: x >= 0.9),
+        ("WASIp3 guest, /ok: req/s vs wasmtime serve", "≥ 1.5×",
+         ratio("p3", P3_OURS, P3_PEER), lambda x: x >= 1.5),
+        ("WASIp3 guest, 1 ms wait: req/s vs wasmtime serve", "≥ 1.5×",
+         ratio("p3-wait", P3_OURS, P3_PEER),
+         lambda x: x >= 1.5),
         ("HTTP/2 over TLS, small file: req/s vs nginx", "≥ 0.5×",
          ratio("h2", fresh, "nginx"), lambda x: x >= 0.5),
         ("HTTP/2 over TLS, small file, --reuse: req/s vs nginx", "≥ 0.75×",

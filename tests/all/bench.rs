@@ -1,12 +1,13 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
-//! server starts, takes wrk's load (and h2load's, over TLS) without errors
+//! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
+//! guest's, beside `wasmtime serve`) without errors
 //! and lands in each table the script prints. The figures themselves are not checked here: they are
 //! the script's to report, on a machine that is not also running tests.
 
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{WASMTIME_INSTALL, required_tool};
+use crate::support::{WASMTIME_INSTALL, p3_guest, required_tool};
 
 /// The servers every run of the script compares (static-web-server joins
 /// them when it is installed).
@@ -60,11 +61,21 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "--connections",
             "4",
         ])
-        .args(["--only", "small", "idle", "h2", "--idle-connections", "200"])
+        .args([
+            "--only",
+            "small",
+            "idle",
+            "p3",
+            "h2",
+            "--idle-connections",
+            "200",
+        ])
         .arg("--wasmhttpd")
         .arg(env!("CARGO_BIN_EXE_wasmhttpd"))
         .arg("--guest")
         .arg(&guest)
+        .arg("--p3-guest")
+        .arg(p3_guest())
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -130,7 +141,15 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "{server}: {requests} req/s over HTTP/2\n{stdout}"
         );
     }
+    // The WASIp3 guest, in wasmhttpd and in wasmtime serve.
+    for server in ["wasmhttpd (p3 guest)", "wasmtime serve (p3 guest)"] {
+        let requests: f64 = row("WASIp3 guest, /ok (4 conns)", server)[2]
+            .parse()
+            .unwrap();
+        assert!(requests > 0.0, "{server}: {requests} req/s\n{stdout}");
+    }
     for target in [
+        "WASIp3 guest, /ok: req/s vs wasmtime serve",
         "HTTP/2 over TLS, small file: req/s vs nginx",
         "small file, fresh instance: req/s vs wasmtime serve",
         "small file, --reuse: req/s vs wasmtime serve's reuse",

@@ -8,8 +8,11 @@
 //! | `/stream?n=N&ms=D`    | N chunks `chunk i\n`, D ms apart, without Content-Length;   |
 //! |                       | trailers `x-chunks: N`                                      |
 //! | `/sleep?ms=D`         | waits D ms (forever without `ms`), then 200 `slept`         |
-//! | `/count`              | `served S running R peak P`: requests this instance has     |
-//! |                       | taken, those in it now (this one included), the most at once |
+//! | `/hold?ms=D`          | turns on the component model's backpressure (the instance  |
+//! |                       | takes no new request), waits D ms, turns it off; `held`     |
+//! | `/count`              | after 1 ms, `served S running R peak P`: requests this      |
+//! |                       | instance has taken, those in it now (this one included),    |
+//! |                       | the most at once                                            |
 //! | `/loop`               | spins forever before answering                              |
 //! | `/trap`               | panics (a wasm trap) before answering                       |
 //! | `/alloc`              | allocates until memory runs out                             |
@@ -17,6 +20,8 @@
 //! | `/read?path=P`        | the file P read through the preopened root, or 404          |
 //! | `/write`              | tries to create `/p3-written`; answers `written` or         |
 //! |                       | `refused ERROR`                                             |
+//! | `/fetch?url=URL`      | sends `GET URL` (`http://HOST[:PORT]/PATH`) through the     |
+//! |                       | host; 200 `status N` and the body, or `error CODE`          |
 //! | `/error`              | returns the wasi:http error `internal-error` instead of a   |
 //! |                       | response                                                    |
 //! | anything else         | 404 `not found`                                             |
@@ -24,7 +29,8 @@
 use std::cell::Cell;
 
 use wasip3::clocks::monotonic_clock;
-use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response};
+use wasip3::http::client;
+use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
 use wasip3::wit_bindgen::{self, StreamResult};
 use wasip3::{wit_future, wit_stream};
 
@@ -80,15 +86,27 @@ impl wasip3::exports::http::handler::Guest for Component {
                 }
                 Ok(text(200, "slept"))
             }
-            "/count" => Ok(text(
-                200,
-                &format!(
-                    "served {} running {} peak {}",
-                    SERVED.get(),
-                    RUNNING.get(),
-                    PEAK.get()
-                ),
-            )),
+            "/hold" => {
+                wit_bindgen::backpressure_inc();
+                monitor_wait(param(query, "ms", 1000)).await;
+                wit_bindgen::backpressure_dec();
+                Ok(text(200, "held"))
+            }
+            "/count" => {
+                // Answered after a wait, so the instance has gone back to
+                // waiting (and can take another request) by the time the
+                // client has the answer.
+                monitor_wait(1).await;
+                Ok(text(
+                    200,
+                    &format!(
+                        "served {} running {} peak {}",
+                        SERVED.get(),
+                        RUNNING.get(),
+                        PEAK.get()
+                    ),
+                ))
+            }
             "/loop" => loop {
                 std::hint::spin_loop();
             },
@@ -116,9 +134,15 @@ impl wasip3::exports::http::handler::Guest for Component {
                 Err(err) => text(200, &format!("refused {err}")),
             }),
             "/error" => Err(ErrorCode::InternalError(Some("asked for".to_owned()))),
+            "/fetch" => Ok(fetch(query_value(query, "url").unwrap_or_default()).await),
             _ => Ok(text(404, "not found")),
         }
     }
+}
+
+/// Waits `ms` milliseconds.
+async fn monitor_wait(ms: u64) {
+    monotonic_clock::wait_for(ms * 1_000_000).await;
 }
 
 /// A response of `status` whose body is `text` and a newline.
@@ -182,6 +206,33 @@ fn echo(request: Request) -> Response {
             .await;
     });
     response
+}
+
+/// Sends `GET url` and says what came back.
+async fn fetch(url: &str) -> Response {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return text(400, "give an http:// URL");
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (_trailers_writer, trailers) = wit_future::new(|| Ok(None));
+    let (request, _sent) = Request::new(Fields::new(), None, trailers, None);
+    let set = request
+        .set_scheme(Some(&Scheme::Http))
+        .and(request.set_authority(Some(authority)))
+        .and(request.set_path_with_query(Some(if path.is_empty() { "/" } else { path })));
+    if set.is_err() {
+        return text(400, "not a URL the guest can send");
+    }
+    match client::send(request).await {
+        Ok(response) => {
+            let status = response.get_status_code();
+            let (_done_writer, done) = wit_future::new(|| Ok(()));
+            let (body, _trailers) = Response::consume_body(response, done);
+            let body = String::from_utf8_lossy(&body.collect().await).into_owned();
+            text(200, &format!("status {status}\n{body}"))
+        }
+        Err(code) => text(200, &format!("error {code:?}")),
+    }
 }
 
 /// `n` chunks, `ms` milliseconds apart, then trailers saying how many.
