@@ -9,6 +9,11 @@
 //! (`within`, the one deadline of every call into a guest) and then
 //! each piece of its body ([`GuestBody`]). Faults are mapped to a
 //! [`GuestError`] for that request only.
+//!
+//! That is how a WASIp2 guest is served. A WASIp3 guest's instances each
+//! serve several requests at once, in tasks of their own (`p3`); their
+//! responses come back as the same [`GuestBody`], with the same timeout
+//! for each piece.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
