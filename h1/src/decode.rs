@@ -34,6 +34,8 @@ enum State {
 pub struct ChunkedDecoder {
     state: State,
     body: BytesMut,
+    /// Body bytes decoded so far, taken out or not.
+    decoded: u64,
     max_body: u64,
     max_trailers: usize,
 }
@@ -45,6 +47,7 @@ impl ChunkedDecoder {
         ChunkedDecoder {
             state: State::Size,
             body: BytesMut::new(),
+            decoded: 0,
             max_body,
             max_trailers,
         }
@@ -60,7 +63,7 @@ impl ChunkedDecoder {
                         return Ok(false);
                     };
                     let size = parse_chunk_size(&line)?;
-                    if self.body.len() as u64 + size > self.max_body {
+                    if self.decoded + size > self.max_body {
                         return Err(Error::BodyTooLarge);
                     }
                     self.state = if size == 0 {
@@ -75,6 +78,7 @@ impl ChunkedDecoder {
                     }
                     let n = left.min(buf.len() as u64) as usize;
                     self.body.extend_from_slice(&buf[..n]);
+                    self.decoded += n as u64;
                     buf.advance(n);
                     self.state = match left - n as u64 {
                         0 => State::DataEnd,
@@ -117,7 +121,8 @@ impl ChunkedDecoder {
         self.take_body()
     }
 
-    /// Takes the decoded body out, leaving the decoder empty.
+    /// Takes the body decoded so far out, leaving the decoder empty; what
+    /// it decodes next still counts towards the limit.
     pub fn take_body(&mut self) -> bytes::Bytes {
         std::mem::take(&mut self.body).freeze()
     }

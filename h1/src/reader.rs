@@ -114,6 +114,33 @@ impl RequestReader {
         Ok(Some(whole))
     }
 
+    /// The part of the body of the head just read that has arrived, taken
+    /// from the front of `buf`, and whether that completes it: the
+    /// streaming counterpart of [`body`](Self::body), under the same
+    /// limits. After the part that completes it, the next head follows.
+    pub fn body_part(&mut self, buf: &mut BytesMut) -> Result<(Bytes, bool), Error> {
+        let State::Body(body) = &mut self.state else {
+            panic!("no request head was read");
+        };
+        let (part, done) = match body {
+            Body::Empty => (Bytes::new(), true),
+            Body::TooLarge => return Err(Error::BodyTooLarge),
+            Body::Length(left) => {
+                let n = (*left).min(buf.len());
+                *left -= n;
+                (buf.split_to(n).freeze(), *left == 0)
+            }
+            Body::Chunked(decoder) => {
+                let done = decoder.decode(buf)?;
+                (decoder.take_body(), done)
+            }
+        };
+        if done {
+            self.state = State::Head;
+        }
+        Ok((part, done))
+    }
+
     /// How many more bytes the body being read needs at least, so the
     /// connection can make room for them in one go.
     pub fn body_bytes_wanted(&self, buf: &BytesMut) -> usize {
@@ -135,6 +162,51 @@ mod tests {
 
     fn reader() -> RequestReader {
         RequestReader::new(LIMITS, "127.0.0.1:8080")
+    }
+
+    #[test]
+    fn a_body_read_in_parts_is_the_body_read_whole_and_has_the_same_limit() {
+        let head = |framing: &str| format!("POST / HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\n");
+        for (framing, body) in [
+            ("Content-Length: 11", "hello world"),
+            (
+                "Transfer-Encoding: chunked",
+                "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            ),
+        ] {
+            let mut reader = reader();
+            let mut buf = BytesMut::from(head(framing).as_str());
+            reader.head(&mut buf).unwrap().unwrap();
+            // One byte at a time, then the next request's first byte.
+            let mut parts = Vec::new();
+            let mut done = false;
+            for byte in body.bytes().chain(*b"G") {
+                buf.extend_from_slice(&[byte]);
+                if done {
+                    break;
+                }
+                let (part, complete) = reader.body_part(&mut buf).unwrap();
+                parts.extend_from_slice(&part);
+                done = complete;
+            }
+            assert!(done, "{framing}");
+            assert_eq!(parts, b"hello world", "{framing}");
+            assert_eq!(&buf[..], b"G", "{framing}");
+        }
+
+        // 40 + 40 bytes in two chunks: over the limit of 64 however it is taken.
+        let mut reader = reader();
+        let chunk = format!("28\r\n{}\r\n", "x".repeat(40));
+        let mut buf = BytesMut::from(head("Transfer-Encoding: chunked").as_str());
+        reader.head(&mut buf).unwrap().unwrap();
+        buf.extend_from_slice(chunk.as_bytes());
+        let (part, done) = reader.body_part(&mut buf).unwrap();
+        assert_eq!((part.len(), done), (40, false));
+        buf.extend_from_slice(chunk.as_bytes());
+        assert!(matches!(
+            reader.body_part(&mut buf),
+            Err(Error::BodyTooLarge)
+        ));
     }
 
     #[test]

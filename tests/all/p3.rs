@@ -146,6 +146,33 @@ fn a_p3_guest_answers_streams_and_echoes() {
         assert_eq!(trailers["x-echoed"], "11");
     });
 
+    // Over HTTP/1.1 too, a body that has not arrived yet streams to the
+    // guest: it reads the first part, and its request to the upstream is
+    // the sign it did, before the client sends the rest.
+    let upstream = Listener::start(Upstream::Answer);
+    let allowed = p3_server(
+        Limits {
+            allow_outbound: AllowList::new(vec![upstream.origin().parse().unwrap()]),
+            ..test_limits()
+        },
+        &[],
+    );
+    let mut stream = TcpStream::connect(allowed.addr).unwrap();
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    let head = format!(
+        "POST /first-part?url={}/ HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\
+         Connection: close\r\n\r\nfirst",
+        upstream.origin()
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    eventually("the guest has the first part", || {
+        upstream.connections() == 1
+    });
+    stream.write_all(b" secnd").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("\r\n\r\nfirst 5 total 11\n"), "{answer}");
+
     // A large body, both ways, byte for byte, with a real client.
     let upload = noise(3 << 20, 18);
     let mut response = client()

@@ -3,8 +3,9 @@
 //!
 //! Requests on a connection are answered strictly in order, so pipelined
 //! requests need nothing special: the bytes of the next request simply wait
-//! in the read buffer. Request bodies are read whole (up to the body limit)
-//! before the guest runs.
+//! in the read buffer. A request body that arrived with its head goes to
+//! the guest whole; one still arriving streams to it as it comes, up to
+//! the body limit, and is read to its end before the response is written.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -188,9 +189,22 @@ impl<S: Transport> Conn<S> {
         let (method, version) = (head.method.clone(), head.version);
         let keep_alive = head.keep_alive && !last;
         let trailers = accepts_trailers(&head.headers);
-        let request = match self.read_body(&head).await {
-            Ok(body) => into_request(head, body),
-            Err(err) => {
+        // A body that came with its head goes to the guest whole; one that
+        // has not arrived yet streams to it as it does.
+        let answered = match self.reader.body(&mut self.buf) {
+            Ok(Some(body)) => {
+                let request = into_request(head, Full::new(body));
+                self.unless_client_leaves(dispatch.respond(&exchange, request))
+                    .await
+                    .ok_or(None)
+            }
+            Ok(None) => self.stream_body(head, &exchange, dispatch).await,
+            Err(err) => Err(Some(err)),
+        };
+        let response = match answered {
+            Ok(response) => Some(response),
+            Err(None) => None,
+            Err(Some(err)) => {
                 let Some(status) = err.status() else {
                     debug!(id = exchange.id, cause = %err, "closing connection");
                     return After::Drop;
@@ -205,10 +219,7 @@ impl<S: Transport> Conn<S> {
                 };
             }
         };
-        let Some(response) = self
-            .unless_client_leaves(dispatch.respond(&exchange, request))
-            .await
-        else {
+        let Some(response) = response else {
             // Dropping the guest's future stopped it.
             debug!(
                 id = exchange.id,
@@ -410,20 +421,60 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Reads the request body per its framing, answering
-    /// `Expect: 100-continue` before waiting for it.
-    async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, Error> {
-        let mut asked = false;
-        loop {
-            if let Some(body) = self.reader.body(&mut self.buf)? {
-                return Ok(body);
+    /// Has the dispatch answer `head` while its body streams to the guest
+    /// as it arrives (`Expect: 100-continue` answered first). The body is
+    /// read to its end, within the body timeout for each read and the
+    /// body limit, even when the response head comes first: the rest goes
+    /// to the guest's body unread, as a whole body would have. `Err(None)`:
+    /// the client left; `Err(Some(err))`: the body was refused, and the
+    /// guest stopped.
+    async fn stream_body(
+        &mut self,
+        head: RequestHead,
+        exchange: &Exchange,
+        dispatch: &Dispatch,
+    ) -> Result<Response, Option<Error>> {
+        self.continue_if_expected(&head)
+            .await
+            .map_err(|_| None::<Error>)?;
+        let (sender, body) = Streamed::channel();
+        let respond = dispatch.respond(exchange, into_request(head, body));
+        tokio::pin!(respond);
+        // Reading the body is cancel-safe: a part taken from the buffer is
+        // sent at once, and a read either lands in the buffer or not.
+        let response = tokio::select! {
+            response = &mut respond => Some(response),
+            fed = self.feed_body(&sender) => {
+                fed.map_err(|err| sender.cut(err))?;
+                None
             }
-            if !asked {
-                self.continue_if_expected(head).await?;
-                asked = true;
+        };
+        match response {
+            Some(response) => {
+                self.feed_body(&sender)
+                    .await
+                    .map_err(|err| sender.cut(err))?;
+                Ok(response)
+            }
+            None => {
+                drop(sender);
+                self.unless_client_leaves(respond).await.ok_or(None)
+            }
+        }
+    }
+
+    /// Sends the body of the request being read to `sender` as it arrives,
+    /// until its end.
+    async fn feed_body(&mut self, sender: &BodySender) -> Result<(), Error> {
+        loop {
+            let (part, done) = self.reader.body_part(&mut self.buf)?;
+            sender.send(part);
+            if done {
+                return Ok(());
             }
             let wanted = self.reader.body_bytes_wanted(&self.buf);
-            self.buf.reserve(wanted.max(READ_CHUNK));
+            self.buf
+                .reserve(wanted.clamp(1, READ_CHUNK * 8).max(READ_CHUNK));
             self.read_more().await?;
         }
     }
@@ -707,8 +758,59 @@ fn accepts_trailers(headers: &HeaderMap) -> bool {
         .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
 }
 
-fn into_request(head: RequestHead, body: Bytes) -> http::Request<Full<Bytes>> {
-    let mut request = http::Request::new(Full::new(body));
+/// A request body that streams from the connection as it arrives.
+struct Streamed {
+    parts: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, BodyCut>>,
+}
+
+/// The connection's end of a [`Streamed`] body.
+struct BodySender(tokio::sync::mpsc::UnboundedSender<Result<Bytes, BodyCut>>);
+
+/// Why a streamed request body ended before its end.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was cut short: {0}")]
+struct BodyCut(String);
+
+impl Streamed {
+    fn channel() -> (BodySender, Streamed) {
+        let (sender, parts) = tokio::sync::mpsc::unbounded_channel();
+        (BodySender(sender), Streamed { parts })
+    }
+}
+
+impl BodySender {
+    /// Passes `part` on; a guest that stopped reading has it dropped (the
+    /// body limit bounds what is held for one that never reads).
+    fn send(&self, part: Bytes) {
+        if !part.is_empty() {
+            let _ = self.0.send(Ok(part));
+        }
+    }
+
+    /// Ends the body with `err`, which is given back for the client's
+    /// answer; `None` when the client left.
+    fn cut(&self, err: Error) -> Option<Error> {
+        let _ = self.0.send(Err(BodyCut(err.to_string())));
+        err.status().is_some().then_some(err)
+    }
+}
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BodyCut>>> {
+        self.parts
+            .poll_recv(cx)
+            .map(|part| part.map(|part| part.map(http_body::Frame::data)))
+    }
+}
+
+fn into_request<B>(head: RequestHead, body: B) -> http::Request<B> {
+    let mut request = http::Request::new(body);
     *request.method_mut() = head.method;
     *request.uri_mut() = head.uri;
     *request.version_mut() = head.version;

@@ -22,6 +22,8 @@
 //! |                       | `refused ERROR`                                             |
 //! | `/fetch?url=URL`      | sends `GET URL` (`http://HOST[:PORT]/PATH`) through the     |
 //! |                       | host; 200 `status N` and the body, or `error CODE`          |
+//! | `/first-part?url=URL` | reads the first part of the request body to arrive, then    |
+//! |                       | sends `GET URL`, then reads the rest; `first N total M`     |
 //! | `/error`              | returns the wasi:http error `internal-error` instead of a   |
 //! |                       | response                                                    |
 //! | anything else         | 404 `not found`                                             |
@@ -135,6 +137,18 @@ impl wasip3::exports::http::handler::Guest for Component {
             }),
             "/error" => Err(ErrorCode::InternalError(Some("asked for".to_owned()))),
             "/fetch" => Ok(fetch(query_value(query, "url").unwrap_or_default()).await),
+            "/first-part" => {
+                let url = query_value(query, "url").unwrap_or_default().to_owned();
+                let (_done_writer, done) = wit_future::new(|| Ok(()));
+                let (mut incoming, _trailers) = Request::consume_body(request, done);
+                let (_, first) = incoming.read(Vec::with_capacity(64 * 1024)).await;
+                fetch(&url).await;
+                let rest = incoming.collect().await;
+                Ok(text(
+                    200,
+                    &format!("first {} total {}", first.len(), first.len() + rest.len()),
+                ))
+            }
             _ => Ok(text(404, "not found")),
         }
     }
