@@ -6,7 +6,8 @@
 //!
 //! - nothing panics;
 //! - what the reader makes of the bytes (heads, bodies, the first error)
-//!   does not depend on how they were split across reads;
+//!   does not depend on how they were split across reads, nor on whether
+//!   each body is taken whole or in parts as it arrives;
 //! - a body is never over the limit;
 //! - every head's fields, echoed into a response head, give exactly one
 //!   well-formed response head (no field can split or frame a response);
@@ -36,14 +37,21 @@ enum Step {
 
 /// What the reader makes of `input` fed in pieces of `sizes` (cycled):
 /// heads and bodies in order, up to the first error or to where it needs
-/// more than there is.
-fn read_all(input: &[u8], sizes: &[usize]) -> Vec<Step> {
+/// more than there is. With `parts`, each body is taken as it arrives
+/// (`body_part`, as a body that streams to the guest) and put together.
+fn read_all(input: &[u8], sizes: &[usize], parts: bool) -> Vec<Step> {
     let mut reader = RequestReader::new(LIMITS, "127.0.0.1:8080");
     let mut buf = BytesMut::new();
     let mut sizes = sizes.iter().cycle();
     let (mut fed, mut steps, mut in_body) = (0, Vec::new(), false);
+    let mut body_so_far = Vec::new();
     loop {
-        let step = if in_body {
+        let step = if in_body && parts {
+            reader.body_part(&mut buf).map(|(part, done)| {
+                body_so_far.extend_from_slice(&part);
+                done.then(|| Step::Body(std::mem::take(&mut body_so_far)))
+            })
+        } else if in_body {
             reader.body(&mut buf).map(|body| body.map(|body| Step::Body(body.to_vec())))
         } else {
             reader.head(&mut buf).map(|head| head.map(|head| Step::Head(echo(&head))))
@@ -132,9 +140,11 @@ fuzz_target!(|data: &[u8]| {
         .map(|&size| if size == 0 { 256 } else { usize::from(size) })
         .collect();
 
-    let whole = read_all(input, &[input.len().max(1)]);
-    let split = read_all(input, &sizes);
+    let whole = read_all(input, &[input.len().max(1)], false);
+    let split = read_all(input, &sizes, false);
     assert_eq!(whole, split, "the same bytes split differently read differently");
+    let streamed = read_all(input, &sizes, true);
+    assert_eq!(whole, streamed, "a body taken in parts differs from the body taken whole");
     for step in &whole {
         if let Step::Body(body) = step {
             assert!(body.len() as u64 <= LIMITS.max_body);
