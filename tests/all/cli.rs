@@ -265,11 +265,43 @@ fn guest_output_is_logged_with_the_request_id() {
         assert!(stdout.contains("stream=\"stdout\""), "{stdout}");
         assert!(stderr.contains("stream=\"stderr\""), "{stderr}");
         assert!(access.contains("target=/print"), "{access}");
+        assert!(access.contains("wasi=p2"), "{access}");
         let id = request_id(&access);
         for line in [&stdout, &stderr, &unfinished] {
             assert_eq!(request_id(line), id, "{line} belongs to {access}");
         }
     }
+}
+
+#[test]
+fn a_p3_guests_output_and_its_kind_are_logged() {
+    let server = start(
+        wasmhttpd()
+            .env(
+                "RUST_LOG",
+                "warn,wasmhttpd::guest=info,wasmhttpd::access=info",
+            )
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(demo_root())
+            .arg("--guest")
+            .arg(support::p3_guest()),
+        "listening on http://",
+    );
+    assert_eq!(get(&client(), &server.url("/print")).0, 200);
+    let [stdout, stderr, access] = server.wait_for_logs([
+        "p3 guest line on stdout",
+        "p3 guest line on stderr",
+        "wasmhttpd::access",
+    ]);
+    assert!(stdout.contains("stream=\"stdout\""), "{stdout}");
+    assert!(stderr.contains("stream=\"stderr\""), "{stderr}");
+    assert!(access.contains("target=/print"), "{access}");
+    assert!(access.contains("wasi=p3"), "{access}");
+    assert_eq!(
+        request_id(&stdout),
+        request_id(&access),
+        "{stdout} belongs to {access}"
+    );
 }
 
 #[test]

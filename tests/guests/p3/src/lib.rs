@@ -24,6 +24,7 @@
 //! |                       | host; 200 `status N` and the body, or `error CODE`          |
 //! | `/first-part?url=URL` | reads the first part of the request body to arrive, then    |
 //! |                       | sends `GET URL`, then reads the rest; `first N total M`     |
+//! | `/print`              | writes a line to stdout and one to stderr, then `ok`        |
 //! | `/error`              | returns the wasi:http error `internal-error` instead of a   |
 //! |                       | response                                                    |
 //! | anything else         | 404 `not found`                                             |
@@ -135,6 +136,11 @@ impl wasip3::exports::http::handler::Guest for Component {
                 Ok(()) => text(200, "written"),
                 Err(err) => text(200, &format!("refused {err}")),
             }),
+            "/print" => {
+                println!("p3 guest line on stdout");
+                eprintln!("p3 guest line on stderr");
+                Ok(text(200, "ok"))
+            }
             "/error" => Err(ErrorCode::InternalError(Some("asked for".to_owned()))),
             "/fetch" => Ok(fetch(query_value(query, "url").unwrap_or_default()).await),
             "/first-part" => {
