@@ -46,6 +46,15 @@ fn get(addr: SocketAddr, target: &str) -> crate::support::Response {
     )
 }
 
+/// `GET target` on a thread of its own, for requests that wait in the
+/// guest while the test goes on.
+fn in_background(
+    addr: SocketAddr,
+    target: &'static str,
+) -> thread::JoinHandle<crate::support::Response> {
+    thread::spawn(move || get(addr, target))
+}
+
 /// The bytes of a whole exchange, as they came off the wire, up to the
 /// server's close.
 fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
@@ -288,8 +297,7 @@ fn concurrent_requests_share_one_instance() {
 #[test]
 fn an_instance_under_backpressure_takes_no_new_request() {
     let server = p3_server(test_limits(), &[]);
-    let addr = server.addr;
-    let holder = thread::spawn(move || get(addr, "/hold?ms=1500").text());
+    let holder = in_background(server.addr, "/hold?ms=1500");
     server.eventually("the holder is in", |monitor| monitor.guest_instances() == 1);
     // Give the holder's instance time to take the request and turn its
     // backpressure on: a request it would take joins it.
@@ -304,7 +312,7 @@ fn an_instance_under_backpressure_takes_no_new_request() {
             "a request joined the held instance"
         );
     }
-    assert_eq!(holder.join().unwrap(), "held\n");
+    assert_eq!(holder.join().unwrap().text(), "held\n");
 }
 
 #[test]
@@ -319,14 +327,13 @@ fn p3_concurrency_and_reuse_bound_an_instance() {
         },
         &[],
     );
-    let addr = server.addr;
-    let sleeper = thread::spawn(move || get(addr, "/sleep?ms=1000").status);
+    let sleeper = in_background(server.addr, "/sleep?ms=1000");
     server.eventually("the sleeper is in", |monitor| {
         monitor.guest_instances() == 1
     });
     let [_, running, peak] = count(server.addr);
     assert_eq!((running, peak), (1, 1));
-    assert_eq!(sleeper.join().unwrap(), 200);
+    assert_eq!(sleeper.join().unwrap().status, 200);
 
     // Three requests in an instance's life, then a new one. (The two
     // instances above have one request each.)
@@ -366,13 +373,12 @@ fn faults_end_only_their_instance() {
         },
         &[],
     );
-    let addr = isolated.addr;
-    let neighbour = thread::spawn(move || get(addr, "/sleep?ms=800").status);
+    let neighbour = in_background(isolated.addr, "/sleep?ms=800");
     isolated.eventually("the neighbour is in", |monitor| {
         monitor.guest_instances() == 1
     });
     assert_eq!(get(isolated.addr, "/trap").status, 500);
-    assert_eq!(neighbour.join().unwrap(), 200);
+    assert_eq!(neighbour.join().unwrap().status, 200);
 
     // Requests share an instance when a server has only the one: each
     // check below waits for that before the next request.
@@ -395,20 +401,22 @@ fn faults_end_only_their_instance() {
             count(shared.addr)[1] > others && shared.monitor.guest_instances() == 1
         });
     };
-    let addr = shared.addr;
-    let sharer = thread::spawn(move || get(addr, "/sleep?ms=20000").status);
+    let sharer = in_background(shared.addr, "/sleep?ms=20000");
     alone_with(1);
     assert_eq!(get(shared.addr, "/trap").status, 500);
-    assert_eq!(sharer.join().unwrap(), 500, "the trap ended its instance");
+    assert_eq!(
+        sharer.join().unwrap().status,
+        500,
+        "the trap ended its instance"
+    );
 
     // A request past its deadline gets 504; its neighbour in the same
     // instance answers.
-    let addr = shared.addr;
-    let stuck = thread::spawn(move || get(addr, "/sleep").status);
+    let stuck = in_background(shared.addr, "/sleep");
     alone_with(1);
     let quick = get(shared.addr, "/sleep?ms=300");
     assert_eq!(quick.status, 200);
-    assert_eq!(stuck.join().unwrap(), 504);
+    assert_eq!(stuck.join().unwrap().status, 504);
 
     let metrics = scrape(&server);
     // Each fault counted once: /trap and /alloc trapped, /loop and /sleep
