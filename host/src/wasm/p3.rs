@@ -135,6 +135,7 @@ fn explain(err: wasmtime::Error) -> GuestError {
     if let Some(failed) = err.downcast_ref::<InstantiationError<Request>>() {
         return match failed.error.downcast_ref::<GuestError>() {
             Some(GuestError::Busy) => GuestError::Busy,
+            Some(GuestError::Timeout) => GuestError::Timeout,
             _ => GuestError::Setup(wasmtime::format_err!("{:#}", failed.error)),
         };
     }
