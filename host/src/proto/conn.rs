@@ -14,7 +14,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::Body;
 use http_body_util::Full;
@@ -385,18 +384,8 @@ impl<S: Transport> Conn<S> {
             match ready {
                 Err(_) => return Ok(false),
                 Ok(Err(err)) => return Err(err.into()),
+                // Readable may be spurious: try again.
                 Ok(Ok(())) => {}
-            }
-            // Read through the stream, which takes a short read as the
-            // socket drained: the next wait for it (during the guest's
-            // call) then needs no read that finds nothing.
-            self.buf.reserve(READ_CHUNK);
-            match tcp.read_buf(&mut self.buf).now_or_never() {
-                Some(Ok(0)) => return Ok(false),
-                Some(Ok(_)) => return Ok(true),
-                Some(Err(err)) => return Err(err.into()),
-                // Readable was spurious: wait again.
-                None => {}
             }
         }
     }
