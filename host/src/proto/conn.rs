@@ -473,8 +473,7 @@ impl<S: Transport> Conn<S> {
                 return Ok(());
             }
             let wanted = self.reader.body_bytes_wanted(&self.buf);
-            self.buf
-                .reserve(wanted.clamp(1, READ_CHUNK * 8).max(READ_CHUNK));
+            self.buf.reserve(wanted.clamp(READ_CHUNK, READ_CHUNK * 8));
             self.read_more().await?;
         }
     }
