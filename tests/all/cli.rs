@@ -676,6 +676,31 @@ fn a_warm_cache_skips_compilation_and_a_corrupt_entry_is_rebuilt() {
 }
 
 #[test]
+fn a_p3_guest_is_compiled_once_into_the_cache_and_logged_as_p3() {
+    let cache = tempfile::tempdir().unwrap();
+    let root = demo_root();
+    let guest = support::p3_guest();
+    let args = [
+        "--root",
+        root.to_str().unwrap(),
+        "--guest",
+        guest.to_str().unwrap(),
+    ];
+    let cold = start_logged(cache.path(), &args);
+    let loaded = cold.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"compiled\""), "{loaded}");
+    assert!(
+        loaded.contains("wasi=\"p3\"") || loaded.contains("wasi=p3"),
+        "{loaded}"
+    );
+    drop(cold);
+    let warm = start_logged(cache.path(), &args);
+    let loaded = warm.wait_for_log("loaded guest");
+    assert!(loaded.contains("code=\"cache\""), "{loaded}");
+    assert_eq!(get(&client(), &warm.url("/ok")).2, b"ok\n");
+}
+
+#[test]
 fn sighup_reloads_and_a_bad_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let guest = dir.path().join("guest.wasm");

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tracing::{debug, error, info};
 
 use super::cache::{Digest, Origin};
+use super::engine::Wasi;
 use super::guest::{Guest, GuestContext, LoadError};
 use crate::config::GuestSource;
 use crate::watch::Reload;
@@ -42,6 +43,8 @@ pub enum Reloaded {
     Swapped {
         /// Its digest.
         digest: Digest,
+        /// Which `wasi:http` it exports.
+        wasi: Wasi,
         /// Whether its code came from the cache.
         origin: Origin,
         /// Time to compile (or read) and link it.
@@ -59,6 +62,7 @@ impl GuestSlot {
         info!(
             guest = %name,
             digest = %loaded.guest.digest,
+            wasi = loaded.guest.wasi().as_str(),
             code = loaded.origin.as_str(),
             ms = loaded.elapsed.as_secs_f64() * 1e3,
             "loaded guest"
@@ -131,13 +135,14 @@ impl GuestSlot {
         let Some(loaded) = loaded else {
             return Ok(Reloaded::Unchanged(running));
         };
-        let digest = loaded.guest.digest;
+        let (digest, wasi) = (loaded.guest.digest, loaded.guest.wasi());
         *self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(loaded.guest);
         Ok(Reloaded::Swapped {
             digest,
+            wasi,
             origin: loaded.origin,
             elapsed: loaded.elapsed,
         })
@@ -150,11 +155,13 @@ impl GuestSlot {
         match self.reload().await {
             Ok(Reloaded::Swapped {
                 digest,
+                wasi,
                 origin,
                 elapsed,
             }) => info!(
                 %guest,
                 %digest,
+                wasi = wasi.as_str(),
                 code = origin.as_str(),
                 ms = elapsed.as_secs_f64() * 1e3,
                 "swapped in a new guest"
