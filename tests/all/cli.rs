@@ -227,7 +227,12 @@ fn start_fault_guest() -> Running {
 
 /// The fault guest on the demo root, with `RUST_LOG` set to `filter`.
 fn start_fault_guest_logging(filter: &str) -> Running {
-    let (root, guest) = (demo_root(), fault_guest());
+    start_guest_logging(&fault_guest(), filter)
+}
+
+/// The component `guest` on the demo root, with `RUST_LOG` set to `filter`.
+fn start_guest_logging(guest: &Path, filter: &str) -> Running {
+    let root = demo_root();
     start(
         wasmhttpd()
             .env("RUST_LOG", filter)
@@ -275,17 +280,9 @@ fn guest_output_is_logged_with_the_request_id() {
 
 #[test]
 fn a_p3_guests_output_and_its_kind_are_logged() {
-    let server = start(
-        wasmhttpd()
-            .env(
-                "RUST_LOG",
-                "warn,wasmhttpd::guest=info,wasmhttpd::access=info",
-            )
-            .args(["--listen", "127.0.0.1:0", "--root"])
-            .arg(demo_root())
-            .arg("--guest")
-            .arg(support::p3_guest()),
-        "listening on http://",
+    let server = start_guest_logging(
+        &support::p3_guest(),
+        "warn,wasmhttpd::guest=info,wasmhttpd::access=info",
     );
     assert_eq!(get(&client(), &server.url("/print")).0, 200);
     let [stdout, stderr, access] = server.wait_for_logs([

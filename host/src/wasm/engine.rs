@@ -65,14 +65,14 @@ impl Engines {
     /// The engines for a server with `limits` and `routes`.
     pub fn new(limits: &Limits, routes: &[Route]) -> wasmtime::Result<Engines> {
         let mut config = config(limits, routes);
+        let mut p3_config = config.clone();
+        p3_config.concurrency_support(true);
         // Requests run one call at a time per instance, fresh or reused:
         // the component model's concurrent event loop, and its bookkeeping
         // around every call into the host, is left out of the engine.
         config.concurrency_support(false);
         let p2 = Engine::new(&config)?;
         spawn_epoch_ticker(p2.weak());
-        let mut p3_config = self::config(limits, routes);
-        p3_config.concurrency_support(true);
         Ok(Engines {
             p2,
             p3_config,

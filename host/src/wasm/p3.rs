@@ -326,10 +326,12 @@ impl WorkerExpiration for Expiry {
                 WorkerStatus::Requests | WorkerStatus::PostReturn => me.timeout,
             };
             // Counted from now when a body has just closed after `start`.
-            let from = Instant::from_std(start).max(match me.armed {
-                None if status == WorkerStatus::PostReturn => Instant::now(),
-                _ => Instant::from_std(start),
-            });
+            let start_at = Instant::from_std(start);
+            let from = if status == WorkerStatus::PostReturn && me.armed.is_none() {
+                start_at.max(Instant::now())
+            } else {
+                start_at
+            };
             me.sleep.as_mut().reset(from + limit);
             me.armed = Some((status, start));
         }
