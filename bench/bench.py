@@ -21,6 +21,12 @@ http2`, the same files) with a certificate made for the run: h2load on
 HTTP/2 with 10 streams per connection, and wrk with a new TLS connection per
 request.
 
+Beside the HTTP/2 and the WASIp3 cases it loads wasmhttpd with an empty
+guest (tests/guests/fault's `/ok`: a 3-byte answer, no file, no header
+read), reused, the cheapest request the host can serve through a guest:
+what it reaches is the ceiling of any guest, and the report sets it
+against the targets of those cases.
+
     python3 bench/bench.py [--duration 10] [--rounds 3] [--connections 64] [--only CASE ...]
 
 `--no-build --wasmhttpd PATH --guest PATH` runs given binaries instead (the
@@ -48,6 +54,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_guest.wasm"
 P3_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_p3_guest.wasm"
+EMPTY_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_fault_guest.wasm"
 WASMHTTPD = REPO / "target/release/wasmhttpd"
 # Requests a reused instance serves: enough that instantiation is rare.
 REUSE = 1000
@@ -78,6 +85,13 @@ P3_OURS = "wasmhttpd" + P3_SUFFIX
 P3_PEER = "wasmtime serve" + P3_SUFFIX
 # HTTP/2 streams h2load keeps open per connection.
 H2_STREAMS = 10
+# The servers that run the empty guest, and the one path each case loads
+# on them: the guest's `/ok`, on the HTTP/2 case and (WASIp2, in the
+# WASIp3 guest's run) on its `/ok` case.
+EMPTY_SUFFIX = " (empty guest)"
+EMPTY_H2 = f"wasmhttpd --reuse {REUSE}{EMPTY_SUFFIX}"
+EMPTY_P2 = f"wasmhttpd --reuse {REUSE}, WASIp2{EMPTY_SUFFIX}"
+EMPTY_PATHS = {"h2": "/ok", "p3": "/ok"}
 
 
 def free_port():
@@ -100,8 +114,10 @@ def wait_for_port(port, process, timeout=120):
 
 
 class Server:
-    def __init__(self, name, args, port, cwd=None):
-        self.name, self.port = name, port
+    def __init__(self, name, args, port, cwd=None, paths=None):
+        # `paths`: the path each case loads on this server, and the only
+        # cases it takes part in; None: every case, on the case's path.
+        self.name, self.port, self.paths = name, port, paths
         self.log = tempfile.TemporaryFile()
         # Error backtraces cost every server that honours RUST_BACKTRACE;
         # request logs are off for all (nginx: access_log off).
@@ -113,8 +129,9 @@ class Server:
         try:
             wait_for_port(port, self.process)
             # Warm up: caches, the first compile, lazily built state.
+            warm = next(iter(paths.values())) if paths else "/index.html"
             for _ in range(20):
-                fetch(port, "/index.html")
+                fetch(port, warm)
         except BaseException:
             self.stop()
             raise
@@ -289,7 +306,7 @@ def build():
     subprocess.run(["cargo", "build", "--release", "-p", "wasmhttpd"], cwd=REPO, check=True)
     subprocess.run(
         ["cargo", "build", "--release", "-p", "wasmhttpd-guest", "-p", "wasmhttpd-p3-guest",
-         "--target", "wasm32-wasip2"],
+         "-p", "wasmhttpd-fault-guest", "--target", "wasm32-wasip2"],
         cwd=REPO, check=True,
     )
 
@@ -328,24 +345,31 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                                "--compression", "false"], port))
 
 
-def start_p3_servers(servers, root, wasmhttpd, guest):
+def start_p3_servers(servers, root, wasmhttpd, guest, empty_guest):
     """wasmhttpd and wasmtime serve with the WASIp3 guest, each with its
-    own defaults for it."""
+    own defaults for it; and wasmhttpd with the empty WASIp2 guest,
+    reused, on the `/ok` case."""
+    common = ["--root", str(root), "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
+              "--max-requests-per-connection", "1000000"]
     port = free_port()
     servers.append(Server(P3_OURS,
-                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", "--root", str(root),
-                           "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
-                           "--max-requests-per-connection", "1000000", "--guest", str(guest)],
-                          port))
+                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                           "--guest", str(guest)], port))
     port = free_port()
     servers.append(Server(P3_PEER,
                           ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
                            "--addr", f"127.0.0.1:{port}", str(guest)], port))
+    port = free_port()
+    servers.append(Server(EMPTY_P2,
+                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                           "--guest", str(empty_guest), "--reuse", str(REUSE)], port,
+                          paths={"p3": EMPTY_PATHS["p3"]}))
 
 
-def start_tls_servers(servers, root, workdir, wasmhttpd):
+def start_tls_servers(servers, root, workdir, wasmhttpd, empty_guest):
     """wasmhttpd (fresh and --reuse) and nginx, each over TLS with one
-    certificate; HTTP/2 by ALPN."""
+    certificate; HTTP/2 by ALPN. And wasmhttpd with the empty guest,
+    reused, on the HTTP/2 case."""
     cert, key = certificate(workdir)
     common = ["--root", str(root), "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
               "--max-requests-per-connection", "1000000",
@@ -354,6 +378,10 @@ def start_tls_servers(servers, root, workdir, wasmhttpd):
         port = free_port()
         servers.append(Server(name, [str(wasmhttpd), "--listen", f"127.0.0.1:{port}",
                                      *common, *extra], port))
+    port = free_port()
+    servers.append(Server(EMPTY_H2, [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                                     "--guest", str(empty_guest), "--reuse", str(REUSE)],
+                          port, paths={"h2": EMPTY_PATHS["h2"]}))
     port = free_port()
     conf = workdir / "nginx-tls.conf"
     conf.write_text(nginx_config(root, port, workdir, tls=(cert, key)))
@@ -370,12 +398,14 @@ def run_cases(cases, servers, args, load):
         # Rounds interleave the servers, each round starting with the next
         # one, so that a noisy minute on a shared machine lands on every
         # server rather than on one.
-        runs = {server.name: [] for server in servers}
+        taking = [server for server in servers if server.paths is None or name in server.paths]
+        runs = {server.name: [] for server in taking}
         for round_ in range(args.rounds):
-            first = round_ % len(servers)
-            for server in servers[first:] + servers[:first]:
+            first = round_ % len(taking)
+            for server in taking[first:] + taking[:first]:
                 cpu = server.cpu_seconds()
-                r = load(server.port, path, connections or args.connections, client)
+                r = load(server.port, (server.paths or {}).get(name, path),
+                         connections or args.connections, client)
                 # Server CPU per request: steadier than req/s on a shared
                 # machine, and free of the client's own share.
                 r["cpu_us"] = (server.cpu_seconds() - cpu) / max(r["requests"], 1) * 1e6
@@ -386,7 +416,7 @@ def run_cases(cases, servers, args, load):
                       f"{r['bytes'] / (1 << 20):8.1f} MiB/s  "
                       f"{r['cpu_us']:7.1f} µs CPU/req  {r['socket_errors']}",
                       file=sys.stderr, flush=True)
-        for server in servers:
+        for server in taking:
             # The run with the median throughput, whole, so that its
             # latencies are the ones measured with that throughput.
             ranked = sorted(runs[server.name], key=lambda r: r["rps"])
@@ -417,6 +447,9 @@ def main():
                              "(default: the release build)")
     parser.add_argument("--p3-guest", type=Path, default=P3_GUEST,
                         help="the WASIp3 test guest's component (default: the release build)")
+    parser.add_argument("--empty-guest", type=Path, default=EMPTY_GUEST,
+                        help="the guest whose /ok is the cheapest request (default: the release "
+                             "build of tests/guests/fault)")
     parser.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS,
                         help="idle keep-alive connections held open on each server")
     args = parser.parse_args()
@@ -460,7 +493,8 @@ def main():
         if not args.only or any(case[0] in args.only for case in P3_CASES):
             p3_servers = []
             try:
-                start_p3_servers(p3_servers, root, args.wasmhttpd, args.p3_guest)
+                start_p3_servers(p3_servers, root, args.wasmhttpd, args.p3_guest,
+                                 args.empty_guest)
                 results.update(run_cases(
                     P3_CASES, p3_servers, args,
                     lambda port, path, connections, extra: wrk(port, path, connections,
@@ -477,7 +511,7 @@ def main():
         elif tls_cases:
             tls_servers = []
             try:
-                start_tls_servers(tls_servers, root, tmp, args.wasmhttpd)
+                start_tls_servers(tls_servers, root, tmp, args.wasmhttpd, args.empty_guest)
                 results.update(run_cases(
                     tls_cases, tls_servers, args,
                     lambda port, path, connections, client:
@@ -492,9 +526,11 @@ def main():
 
 def report(results, idle, servers, args):
     names = [s.name for s in servers]
-    # The WASIp3 guest's two servers have a ratio table of their own.
+    # The WASIp3 guest's two servers have a ratio table of their own, and
+    # the empty guest's servers one of ceilings.
     p3 = [n for n in names if n.endswith(P3_SUFFIX)]
-    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3]
+    empty = [n for n in names if n.endswith(EMPTY_SUFFIX)]
+    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty]
     peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
           f"{args.connections} connections unless the case says; all servers in one run; "
@@ -552,7 +588,31 @@ def report(results, idle, servers, args):
             if b:
                 print(f"| {case} | {a['rps'] / b['rps']:.2f}× req/s, "
                       f"p99 {b['p99'] / a['p99']:.2f}× |")
+    report_ceilings(results)
     report_targets(results, idle, args.idle_connections)
+
+
+def report_ceilings(results):
+    """The empty guest, reused, against the peer of each target it bounds:
+    no guest that does any work can reach past this ratio in this run."""
+    rows = [
+        ("h2", "HTTP/2 over TLS, small file vs nginx", EMPTY_H2, "nginx", "≥ 0.5×",
+         "h2", f"wasmhttpd --reuse {REUSE}"),
+        ("p3", "WASIp3 guest, /ok vs wasmtime serve", EMPTY_P2, P3_PEER, "≥ 1.5×",
+         "p3", P3_OURS),
+    ]
+    shown = [row for row in rows if (row[0], row[2]) in results and (row[0], row[3]) in results]
+    if not shown:
+        return
+    print("\nCeilings (the empty guest, reused: the cheapest request through a guest):\n")
+    print("| target | peer req/s | empty guest req/s, CPU µs | ceiling | wanted "
+          "| ours req/s, CPU µs |")
+    print("|---|---:|---:|---:|---|---:|")
+    for case, target, floor, peer, wanted, our_case, ours in shown:
+        a, b, o = results[(case, floor)], results[(case, peer)], results.get((our_case, ours))
+        mine = f"{o['rps']:.0f}, {o['cpu_us']:.0f}" if o else "–"
+        print(f"| {target} | {b['rps']:.0f} | {a['rps']:.0f}, {a['cpu_us']:.0f} "
+              f"| {a['rps'] / b['rps']:.2f}× | {wanted} | {mine} |")
 
 
 def report_targets(results, idle, idle_connections):

@@ -1,13 +1,13 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
 //! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
-//! guest's, beside `wasmtime serve`) without errors
-//! and lands in each table the script prints. The figures themselves are not checked here: they are
+//! guest's, beside `wasmtime serve`; and the empty guest's, for the
+//! ceilings) without errors and lands in each table the script prints. The figures themselves are not checked here: they are
 //! the script's to report, on a machine that is not also running tests.
 
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{WASMTIME_INSTALL, p3_guest, required_tool};
+use crate::support::{WASMTIME_INSTALL, fault_guest, p3_guest, required_tool};
 
 /// The servers every run of the script compares (static-web-server joins
 /// them when it is installed).
@@ -76,6 +76,8 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         .arg(&guest)
         .arg("--p3-guest")
         .arg(p3_guest())
+        .arg("--empty-guest")
+        .arg(fault_guest())
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -146,6 +148,38 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         let requests: f64 = row("WASIp3 guest, /ok (4 conns)", server)[2]
             .parse()
             .unwrap();
+        assert!(requests > 0.0, "{server}: {requests} req/s\n{stdout}");
+    }
+    // The empty guest's ceilings, each beside the peer and the target it
+    // bounds: a ratio from requests it answered, and ours beside it.
+    for (ceiling, server) in [
+        (
+            "HTTP/2 over TLS, small file vs nginx",
+            "wasmhttpd --reuse 1000 (empty guest)",
+        ),
+        (
+            "WASIp3 guest, /ok vs wasmtime serve",
+            "wasmhttpd --reuse 1000, WASIp2 (empty guest)",
+        ),
+    ] {
+        let line = rows
+            .iter()
+            .find(|row| row[0] == ceiling)
+            .unwrap_or_else(|| panic!("no ceiling `{ceiling}` in\n{stdout}"));
+        // target | peer req/s | empty guest req/s, CPU µs | ceiling | wanted | ours
+        assert!(
+            line.len() == 6 && line[3].ends_with('×') && line[4].starts_with('≥') && line[5] != "–",
+            "{line:?}"
+        );
+        assert!(
+            !stdout.contains(&format!("{server} (")),
+            "the empty guest answered with errors:\n{stdout}"
+        );
+        let load = &rows
+            .iter()
+            .find(|row| row.get(1) == Some(&server))
+            .unwrap_or_else(|| panic!("no row for {server} in\n{stdout}"));
+        let requests: f64 = load[2].parse().unwrap();
         assert!(requests > 0.0, "{server}: {requests} req/s\n{stdout}");
     }
     for target in [
