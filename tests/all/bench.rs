@@ -1,8 +1,9 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
 //! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
 //! guest's, beside `wasmtime serve`; and the empty guest's, for the
-//! ceilings) without errors and lands in each table the script prints. The figures themselves are not checked here: they are
-//! the script's to report, on a machine that is not also running tests.
+//! ceilings) without errors and lands in each table the script prints.
+//! The figures themselves are not checked here: they are the script's to
+//! report, on a machine that is not also running tests.
 
 use std::path::Path;
 use std::process::Command;
