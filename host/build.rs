@@ -15,12 +15,18 @@
 //!
 //! The guests are built by a nested `cargo build` with its own target
 //! directory under `OUT_DIR`, so it never waits on the outer build's lock.
+//! First the build makes sure the toolchain has the `wasm32-wasip2`
+//! standard library, adding it with rustup where rustup is on `PATH`
+//! ([`wasm_target`]).
 
 use std::env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const TARGET: &str = "wasm32-wasip2";
+#[path = "build/wasm_target.rs"]
+mod wasm_target;
+
+use wasm_target::{Plan, TARGET};
 const GUESTS: [&str; 6] = [
     "wasmhttpd-guest",
     "wasmhttpd-register-guest",
@@ -47,6 +53,8 @@ fn main() {
         println!("cargo:rerun-if-changed={}", workspace.join(input).display());
     }
 
+    ensure_target();
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -60,12 +68,12 @@ fn main() {
         .env_remove("CARGO_BUILD_TARGET");
     let status = build
         .status()
-        .expect("failed to run cargo to build the guests");
-    assert!(
-        status.success(),
-        "building the guests for {TARGET} failed ({status}); is the target installed? \
-         rust-toolchain.toml lists it, so `rustup` adds it on first use"
-    );
+        .unwrap_or_else(|err| fail(&format!("could not run cargo to build the guests: {err}")));
+    if !status.success() {
+        fail(&format!(
+            "building the guests for {TARGET} failed ({status}); cargo's output above says why"
+        ));
+    }
 
     let artifact = |package: &str| {
         target_dir
@@ -92,4 +100,47 @@ fn main() {
     ] {
         println!("cargo:rustc-env={variable}={}", artifact(package).display());
     }
+}
+
+/// Makes sure the toolchain can build for [`TARGET`], adding the target with
+/// rustup when it is missing, or stops the build with the command to run.
+fn ensure_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+        .unwrap_or_else(|| fail("could not ask rustc for its sysroot (`rustc --print sysroot`)"));
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    match wasm_target::plan(&sysroot, env::var_os("PATH").as_deref(), toolchain) {
+        Plan::Ready => {}
+        Plan::Add { rustup, toolchain } => add_target(&rustup, toolchain.as_deref(), &sysroot),
+        Plan::Fail(message) => fail(&message),
+    }
+}
+
+/// Runs `rustup target add` and checks the target is then there.
+fn add_target(rustup: &Path, toolchain: Option<&str>, sysroot: &Path) {
+    let args = wasm_target::add_args(toolchain);
+    let command = format!("rustup {}", args.join(" "));
+    println!(
+        "cargo:warning=the {TARGET} target the guests need is not installed: running `{command}`"
+    );
+    let status = Command::new(rustup)
+        .args(&args)
+        .status()
+        .unwrap_or_else(|err| fail(&format!("could not run `{command}`: {err}")));
+    if !status.success() || !wasm_target::has_std(sysroot) {
+        fail(&format!(
+            "`{command}` did not install the {TARGET} target ({status}); run it yourself, then build again"
+        ));
+    }
+}
+
+/// Stops the build with `message`: a message, not a panic's backtrace.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
 }

@@ -302,6 +302,10 @@ settings! {
         /// Outgoing requests one guest instance may have open at once; more
         /// fail in the guest.
         max_outbound: Count<u32> = DEFAULT_MAX_OUTBOUND,
+        /// Certificate authorities (PEM) that guests' https requests trust
+        /// besides the public webpki roots: for services whose certificates
+        /// a private authority issued.
+        outbound_ca: Maybe<FsPath> = None,
     }
 
     /// A route's own limits (`--route /api=api.wasm,guest-timeout=5`); each

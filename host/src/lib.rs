@@ -25,15 +25,16 @@
 //!   place the access log and the metrics are written.
 //! - [`outbound`]: the requests guests send, under the operator's
 //!   allow-list: checked, resolved and connected by the host.
-//! - [`metrics`]: counters and gauges, served to Prometheus on a listener
-//!   of their own.
-//! - [`proto`]: the HTTP/1.1 front end (parse, connection loop, bodies,
-//!   WebSocket upgrades).
+//! - [`metrics`]: counters and gauges, encoded for Prometheus.
+//! - [`proto`]: the front ends (HTTP/1.1: parse, connection loop, bodies,
+//!   WebSocket upgrades; HTTP/2 through hyper) and the host's own small
+//!   endpoints (metrics and probes, the redirect to https).
 //! - [`watch`]: the files the server watches (guests, the TLS
 //!   certificate), reloaded when they change.
-//! - [`wasm`]: the engine, the compiled-component cache, loading a guest
-//!   and reloading it live, running a request or a WebSocket session
-//!   through it.
+//! - [`wasm`]: the engines, the compiled-component cache, loading a guest
+//!   and reloading it live, running a request (WASIp2 or WASIp3) or a
+//!   WebSocket session through it; what every kind of instance shares
+//!   lives in `wasm::instance`, which knows none of them.
 
 pub mod config;
 pub mod dispatch;

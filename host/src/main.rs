@@ -1,6 +1,8 @@
 //! The `wasmhttpd` binary: parse the command line, bind, serve.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser};
@@ -99,7 +101,7 @@ impl Settings {
             Some((_, compile)) => (true, compile),
             None => (false, matches),
         };
-        let args = Args::from_arg_matches(&matches)?;
+        let args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
         let mut settings = Settings {
             compile,
             log_format: args.log_format,
@@ -216,9 +218,51 @@ fn guest_env(arg: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let settings = Settings::parse()?;
+/// Why the process stops before serving, and so its exit status: the
+/// usage errors clap reports with 2, start-up failures with 1.
+enum Failure {
+    /// What the command line, the environment or the configuration file
+    /// says cannot be served as it stands.
+    Usage(anyhow::Error),
+    /// The settings are sound, but the server could not start with them: a
+    /// missing web root, a port in use, a guest that does not load.
+    Start(anyhow::Error),
+}
+
+impl Failure {
+    /// Prints the error and each of its causes on a line of its own, never
+    /// a backtrace (whatever `RUST_BACKTRACE` says: the user's mistake is
+    /// not a bug), and gives the exit status.
+    fn report(self) -> ExitCode {
+        let (err, code) = match self {
+            Failure::Usage(err) => (err, 2),
+            Failure::Start(err) => (err, 1),
+        };
+        let mut causes = err.chain();
+        let mut text = format!(
+            "error: {}\n",
+            causes.next().expect("an error is its own first cause")
+        );
+        for cause in causes {
+            text.push_str(&format!("  caused by: {cause}\n"));
+        }
+        if code == 2 {
+            text.push_str("\nFor more information, try '--help'.\n");
+        }
+        eprint!("{text}");
+        ExitCode::from(code)
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}
+
+fn run() -> Result<(), Failure> {
+    let settings = Settings::parse().map_err(Failure::Usage)?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -233,12 +277,48 @@ async fn main() -> anyhow::Result<()> {
             .init(),
     }
 
-    if settings.compile {
-        return compile(settings.into_config()?);
+    let listeners = Listeners {
+        listen: settings.startup.listen,
+        metrics: settings.startup.metrics,
+        redirect: settings.startup.http_redirect,
+        reuse_port: settings.startup.reuse_port,
+    };
+    let compiling = settings.compile;
+    let config = settings.into_config().map_err(Failure::Usage)?;
+    if listeners.redirect.is_some() && config.tls.is_none() {
+        return Err(Failure::Usage(anyhow::anyhow!(
+            "--http-redirect sends clients to https: give --tls-cert and --tls-key"
+        )));
     }
-    let (listen, metrics) = (settings.startup.listen, settings.startup.metrics);
-    let (redirect, reuse_port) = (settings.startup.http_redirect, settings.startup.reuse_port);
-    let config = settings.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(Failure::Start)?;
+    let done = if compiling {
+        runtime.block_on(async { compile(config) })
+    } else {
+        runtime.block_on(serve(config, listeners))
+    };
+    done.map_err(Failure::Start)
+}
+
+/// Where the server listens, as the start-up settings say.
+struct Listeners {
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    redirect: Option<SocketAddr>,
+    reuse_port: bool,
+}
+
+/// Binds the listeners and serves until a shutdown signal.
+async fn serve(config: Config, listeners: Listeners) -> anyhow::Result<()> {
+    let Listeners {
+        listen,
+        metrics,
+        redirect,
+        reuse_port,
+    } = listeners;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -262,20 +342,17 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen for metrics on {metrics}"))?;
         let metrics_addr = metrics_listener.local_addr()?;
         let monitor = server.monitor();
-        tokio::spawn(wasmhttpd::metrics::serve(
+        tokio::spawn(wasmhttpd::proto::endpoint::serve_metrics(
             metrics_listener,
             server.metrics(),
             move || !monitor.shutting_down(),
         ));
         eprintln!(
             "metrics on http://{metrics_addr}{}",
-            wasmhttpd::metrics::PATH
+            wasmhttpd::proto::endpoint::METRICS
         );
     }
     if let Some(redirect) = redirect {
-        if scheme != "https" {
-            anyhow::bail!("--http-redirect sends clients to https: give --tls-cert and --tls-key");
-        }
         let redirect_listener = wasmhttpd::bind(redirect)
             .with_context(|| format!("cannot listen for --http-redirect on {redirect}"))?;
         let redirect_addr = redirect_listener.local_addr()?;

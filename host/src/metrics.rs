@@ -1,7 +1,6 @@
-//! What the server counts, and the endpoint that serves it as Prometheus
-//! metrics (OpenMetrics text) on a listener of its own (`--metrics ADDR`),
-//! apart from the traffic it measures, beside the liveness and readiness
-//! probes (`/healthz`, `/readyz`).
+//! What the server counts, encoded as Prometheus metrics (OpenMetrics
+//! text); [`crate::proto::endpoint::serve_metrics`] serves them on a
+//! listener of their own (`--metrics ADDR`).
 //!
 //! | metric | kind | what |
 //! |---|---|---|
@@ -21,23 +20,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::StatusCode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
 
-use crate::proto::endpoint::{self, Reply};
-use crate::proto::role::RequestHead;
-use crate::wasm::engine::Wasi;
+use crate::wasm::inspect::Wasi;
 
-/// The one path the endpoint serves.
-pub const PATH: &str = "/metrics";
 /// The content type of the OpenMetrics text format, which Prometheus reads.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// Latency buckets: 0.5 ms doubling to about 16 s, which spans a file from
 /// the page cache to a guest at its default deadline.
 const LATENCY_BUCKETS: (f64, f64, u16) = (0.0005, 2.0, 16);
@@ -299,51 +293,4 @@ impl Drop for Open {
     fn drop(&mut self) {
         (self.gauge)(&self.metrics).dec();
     }
-}
-
-/// The liveness probe's path: 200 while the process serves.
-pub const HEALTHZ: &str = "/healthz";
-/// The readiness probe's path: 200 while the server takes requests, 503
-/// from the moment its shutdown begins.
-pub const READYZ: &str = "/readyz";
-
-/// Serves the metrics endpoint on `listener` until the future is dropped:
-/// the metrics on `GET` (and `HEAD`) of [`PATH`], the probes at
-/// [`HEALTHZ`] and [`READYZ`] (`ready` says which), 404 elsewhere, 405
-/// for other methods. The endpoint outlives the server's shutdown, so a
-/// load balancer sees `/readyz` turn 503 while responses finish.
-pub async fn serve(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    ready: impl Fn() -> bool + Send + Sync + 'static,
-) {
-    let handler = Arc::new(move |head: &RequestHead| {
-        let mut headers = HeaderMap::new();
-        let path = head.uri.path();
-        let (status, body) = if ![PATH, HEALTHZ, READYZ].contains(&path) {
-            (StatusCode::NOT_FOUND, String::new())
-        } else if head.method != Method::GET && head.method != Method::HEAD {
-            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            (StatusCode::METHOD_NOT_ALLOWED, String::new())
-        } else if path == HEALTHZ {
-            (StatusCode::OK, "ok\n".to_owned())
-        } else if path == READYZ {
-            match ready() {
-                true => (StatusCode::OK, "ready\n".to_owned()),
-                false => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting down\n".to_owned(),
-                ),
-            }
-        } else {
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-            (StatusCode::OK, metrics.encode())
-        };
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    });
-    endpoint::serve(listener, "metrics", handler).await;
 }

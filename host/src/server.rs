@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,10 @@ use crate::proto::h2;
 use crate::routes::Routes;
 use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest, Origin};
-use crate::wasm::engine::{Engines, Wasi};
-use crate::wasm::guest::{Guest, GuestContext, LoadError};
+use crate::wasm::engine::Engines;
+use crate::wasm::guest::{Guest, LoadError};
+use crate::wasm::inspect::Wasi;
+use crate::wasm::instance::GuestContext;
 use crate::wasm::reload::GuestSlot;
 use crate::watch::{Reload, Watching};
 
@@ -35,7 +37,12 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The web root is missing or not a directory.
-    #[error("web root {path} is not a readable directory: {reason}")]
+    #[error(
+        "web root {} is not a readable directory ({reason}): give the web root with --root DIR \
+         (default ./{}, relative to the current directory)",
+        with_absolute(path),
+        crate::config::DEFAULT_ROOT
+    )]
     Root {
         /// The configured root.
         path: PathBuf,
@@ -70,6 +77,15 @@ pub enum StartError {
     },
 }
 
+/// `path`, and where it is when it was given relative to the current
+/// directory.
+fn with_absolute(path: &Path) -> String {
+    match std::path::absolute(path) {
+        Ok(absolute) if absolute != path => format!("{} ({})", path.display(), absolute.display()),
+        _ => path.display().to_string(),
+    }
+}
+
 /// A guest that [`compile`] has put in the compiled-component cache.
 #[derive(Debug)]
 pub struct Compiled {
@@ -94,14 +110,17 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
     };
     let engines = Engines::new(&config.limits, &config.routes).map_err(StartError::Engine)?;
     let cache = CompiledCache::new(Some(dir.clone()));
-    let guests = Arc::new(GuestContext::new(
-        Arc::new(engines),
-        config.root,
-        config.env,
-        &config.limits,
-        cache.clone(),
-        Arc::new(Metrics::new()),
-    ));
+    let guests = Arc::new(
+        GuestContext::new(
+            Arc::new(engines),
+            config.root,
+            config.env,
+            &config.limits,
+            cache.clone(),
+            Arc::new(Metrics::new()),
+        )
+        .map_err(StartError::Tls)?,
+    );
     let mut compiled = Vec::new();
     for route in config.routes {
         let ctx = if route.limits == RouteLimits::default() {
@@ -308,14 +327,17 @@ impl Server {
             )),
             None => None,
         };
-        let guests = Arc::new(GuestContext::new(
-            Arc::new(engines),
-            root,
-            config.env,
-            &config.limits,
-            CompiledCache::new(config.cache_dir),
-            metrics.clone(),
-        ));
+        let guests = Arc::new(
+            GuestContext::new(
+                Arc::new(engines),
+                root,
+                config.env,
+                &config.limits,
+                CompiledCache::new(config.cache_dir),
+                metrics.clone(),
+            )
+            .map_err(StartError::Tls)?,
+        );
         let mut table: Vec<(String, Arc<GuestSlot>)> = Vec::new();
         for route in config.routes {
             if table.iter().any(|(prefix, _)| *prefix == route.prefix) {
@@ -363,7 +385,7 @@ impl Server {
         })
     }
 
-    /// The server's metrics, for [`crate::metrics::serve`].
+    /// The server's metrics, for [`crate::proto::endpoint::serve_metrics`].
     pub fn metrics(&self) -> Arc<Metrics> {
         self.shared.dispatch.metrics().clone()
     }

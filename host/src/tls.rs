@@ -1,6 +1,7 @@
 //! HTTPS: the server's certificate chain and key (`--tls-cert`,
 //! `--tls-key`), read with rustls; TLS 1.2 and 1.3 only, ALPN `h2`
-//! (then HTTP/2) or `http/1.1`.
+//! (then HTTP/2) or `http/1.1`. Also the client side of guests' outgoing
+//! https requests, with the authorities they trust ([`outbound_client`]).
 //!
 //! The pair is checked at start (each file readable, a certificate and a
 //! private key in it, the key the certificate's), and every error names
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, ServerConfig};
 use tracing::{error, info};
 
 use crate::metrics::Metrics;
@@ -53,6 +54,21 @@ pub enum TlsError {
         .0.display()
     )]
     NoCertificate(PathBuf),
+    /// The `--outbound-ca` file holds no certificate.
+    #[error(
+        "--outbound-ca {} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block): \
+         give the certificates of the authorities that issued the services' certificates",
+        .0.display()
+    )]
+    NoAuthority(PathBuf),
+    /// rustls refused a certificate of `--outbound-ca` as a trust anchor.
+    #[error("--outbound-ca {} holds a certificate that cannot be trusted: {reason}", path.display())]
+    Authority {
+        /// The file.
+        path: PathBuf,
+        /// What rustls said.
+        reason: String,
+    },
     /// The key file holds no private key.
     #[error(
         "--tls-key {} holds no PEM private key (`-----BEGIN PRIVATE KEY-----`, or an RSA or EC \
@@ -90,7 +106,10 @@ pub enum TlsError {
 impl TlsFiles {
     /// Reads and checks the pair: a server configuration for rustls.
     pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        let chain = read_chain(&self.cert)?;
+        let chain = read_certificates(&self.cert, "--tls-cert")?;
+        if chain.is_empty() {
+            return Err(TlsError::NoCertificate(self.cert.clone()));
+        }
         let key = read_key(&self.key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let pair = |reason: String| TlsError::Pair {
@@ -119,24 +138,23 @@ fn describe(err: &rustls::Error) -> String {
     }
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let flag = "--tls-cert";
+/// The certificates in the PEM file `path`, which `flag` names.
+fn read_certificates(
+    path: &Path,
+    flag: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
         flag,
         path: path.to_owned(),
         source,
     })?;
-    let chain = CertificateDer::pem_slice_iter(&bytes)
+    CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| TlsError::Pem {
             flag,
             path: path.to_owned(),
             reason: err.to_string(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate(path.to_owned()));
-    }
-    Ok(chain)
+        })
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -154,6 +172,35 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
             reason: other.to_string(),
         },
     })
+}
+
+/// The TLS client configuration of guests' outgoing https requests: TLS
+/// 1.2 and 1.3, ALPN `http/1.1`, no client certificate, trusting the
+/// webpki roots and the authorities in `extra_roots` (`--outbound-ca`).
+pub fn outbound_client(extra_roots: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+    };
+    if let Some(path) = extra_roots {
+        let authorities = read_certificates(path, "--outbound-ca")?;
+        if authorities.is_empty() {
+            return Err(TlsError::NoAuthority(path.to_owned()));
+        }
+        for authority in authorities {
+            roots.add(authority).map_err(|err| TlsError::Authority {
+                path: path.to_owned(),
+                reason: err.to_string(),
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The pair in use, replaced by each reload that loads.

@@ -11,27 +11,56 @@ use std::process::Command;
 use crate::process::{Running, start, start_wasmhttpd, wasmhttpd};
 use crate::support::{WASMTIME_INSTALL, client, demo_root, fault_guest, get, required_tool};
 
-/// Runs `command` expecting clap to refuse its arguments (exit 2);
-/// returns its stderr.
+/// Runs `command` expecting it to refuse its settings (exit 2), with
+/// `RUST_BACKTRACE=1` as many users have it; returns its stderr.
 fn usage_error(command: &mut Command) -> String {
-    let output = command.output().expect("run wasmhttpd");
+    let output = command
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run wasmhttpd");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_a_message(&stderr);
     stderr
 }
 
-/// Runs the binary expecting it to refuse to start; returns its stderr.
+/// Runs the binary expecting it to refuse to start (exit 1), with
+/// `RUST_BACKTRACE=1` as many users have it; returns its stderr.
 fn startup_failure(args: &[&str]) -> String {
-    let output = wasmhttpd().args(args).output().expect("run wasmhttpd");
+    startup_failure_of(wasmhttpd().args(args))
+}
+
+/// [`startup_failure`] for a command of the caller's.
+fn startup_failure_of(command: &mut Command) -> String {
+    let output = command
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("run wasmhttpd");
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "should fail: {args:?}");
     assert_eq!(
         output.status.code(),
         Some(1),
         "an error exit, not a crash: {stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_a_message(&stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
     stderr
+}
+
+/// An error for a user: a message and its causes, one line each, never a
+/// panic or a backtrace.
+fn assert_a_message(stderr: &str) {
+    let lower = stderr.to_lowercase();
+    for trace in [
+        "panicked",
+        "backtrace",
+        "stack",
+        "caused by:\n",
+        " at ./",
+        "src/main.rs",
+    ] {
+        assert!(!lower.contains(trace), "{trace:?} in {stderr}");
+    }
 }
 
 #[test]
@@ -50,6 +79,25 @@ fn a_missing_root_is_a_startup_error() {
     let stderr = startup_failure(&["--listen", "127.0.0.1:0", "--root", "/no/such/web/root"]);
     assert!(stderr.contains("/no/such/web/root"), "{stderr}");
     assert!(!stderr.contains("listening on"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // Run where there is no ./www: the message says where it looked and
+    // which flag sets the root.
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = startup_failure_of(
+        wasmhttpd()
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0"]),
+    );
+    let looked = dir.path().join("www");
+    assert!(
+        stderr.contains(&format!("web root www ({})", looked.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--root DIR (default ./www, relative to the current directory)"),
+        "{stderr}"
+    );
 }
 
 /// Runs with `--guest guest` on the demo root, expecting a startup error.
@@ -180,13 +228,25 @@ fn a_guest_out_of_memory_is_logged_with_the_cap_to_raise() {
 }
 
 #[test]
-fn a_port_in_use_is_a_startup_error() {
+fn a_port_in_use_is_a_startup_error_with_its_cause_on_a_line() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let root = demo_root();
     let stderr = startup_failure(&["--listen", &addr, "--root", root.to_str().unwrap()]);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&format!("error: cannot listen on {addr}").as_str()),
+        "{stderr}"
+    );
     assert!(
-        stderr.contains(&format!("cannot listen on {addr}")),
+        lines[1..]
+            .iter()
+            .all(|line| line.starts_with("  caused by: ")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  caused by: Address already in use"),
         "{stderr}"
     );
 }
@@ -795,7 +855,7 @@ max-body = 4
     assert_eq!(second.header("connection"), Some("close"));
 
     std::fs::write(&file, "guest-timeut = 3\n").unwrap();
-    let stderr = startup_failure(&["--config", file.to_str().unwrap()]);
+    let stderr = usage_error(wasmhttpd().args(["--config", file.to_str().unwrap()]));
     assert!(stderr.contains("guest-timeut"), "{stderr}");
 }
 
@@ -1003,7 +1063,7 @@ fn a_bad_outbound_pattern_is_a_startup_error_naming_it() {
         "allow-outbound = [\"https://ok.example.com\", \"http://10.0.0.0/40\"]\n",
     )
     .unwrap();
-    let stderr = startup_failure(&["--config", file.to_str().unwrap()]);
+    let stderr = usage_error(wasmhttpd().args(["--config", file.to_str().unwrap()]));
     assert!(
         stderr.contains("allow-outbound") && stderr.contains("http://10.0.0.0/40"),
         "{stderr}"
@@ -1047,14 +1107,14 @@ fn tls_files_that_cannot_serve_are_startup_errors_naming_them() {
         mismatched.contains(other.key.to_str().unwrap()),
         "{mismatched}"
     );
-    let alone = startup_failure(&[
+    let alone = usage_error(wasmhttpd().args([
         "--listen",
         "127.0.0.1:0",
         "--root",
         root,
         "--tls-cert",
         good.cert.to_str().unwrap(),
-    ]);
+    ]));
     assert!(alone.contains("--tls-cert needs --tls-key"), "{alone}");
 
     // The pair that fits serves, and the address printed says https.
@@ -1120,14 +1180,14 @@ fn the_redirect_listener_sends_every_request_to_https() {
             "{request}"
         );
     }
-    let stderr = startup_failure(&[
+    let stderr = usage_error(wasmhttpd().args([
         "--listen",
         "127.0.0.1:0",
         "--root",
         root.to_str().unwrap(),
         "--http-redirect",
         "127.0.0.1:0",
-    ]);
+    ]));
     assert!(
         stderr.contains("--http-redirect sends clients to https"),
         "{stderr}"

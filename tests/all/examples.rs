@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use crate::process::Group;
 use crate::support::{self, TestServer, read_response, required_tool, test_limits};
 use wasmhttpd::{Config, GuestSource, Limits, Route, RouteLimits};
 
@@ -218,17 +219,17 @@ fn the_examples_run_under_wasmtime_serve() {
             .local_addr()
             .unwrap()
             .port();
-        let mut child = Command::new(&wasmtime)
-            .args(["serve", "-S", "cli", "--env", "GREETING=hi"])
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .arg(&component)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("start wasmtime serve");
+        let mut server = Group::spawn(
+            Command::new(&wasmtime)
+                .args(["serve", "-S", "cli", "--env", "GREETING=hi"])
+                .args(["--addr", &format!("127.0.0.1:{port}")])
+                .arg(&component)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        );
         // It compiles the component before it listens: on a loaded
         // machine, well past a client's timeout.
-        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let stderr = BufReader::new(server.child.stderr.take().unwrap());
         let listening = stderr
             .lines()
             .map_while(Result::ok)
@@ -239,8 +240,7 @@ fn the_examples_run_under_wasmtime_serve() {
             addr,
             b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         );
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(server);
         assert_eq!(hello.status, 200, "{language:?}");
         assert_eq!(hello.text(), format!("hi from {}\n", language.hello()));
     }

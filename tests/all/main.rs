@@ -9,8 +9,10 @@ mod support;
 
 mod bench;
 mod browser;
+mod build_check;
 mod cli;
 mod compression;
+mod docs;
 mod examples;
 mod guest_faults;
 mod guest_settings;

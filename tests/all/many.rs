@@ -6,12 +6,12 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use crate::process::{Running, start, test_env, wasmhttpd};
+use crate::process::{Group, Running, live_in_group, start, test_env, wasmhttpd};
 use crate::support::{
     self, CLIENT_TIMEOUT, demo_root, eventually, exchange_at, fault_guest, required_tool,
 };
@@ -231,15 +231,9 @@ fn a_new_process_takes_over_a_shared_port_without_a_failed_request() {
 
 /// nginx, run in the foreground on a configuration of the test's own.
 struct Nginx {
-    child: Child,
+    /// Its master process, whose group its workers share.
+    process: Group,
     addr: SocketAddr,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Nginx {
@@ -271,18 +265,42 @@ impl Nginx {
              include {dir}/wasmhttpd.conf;\n}}\n"
         );
         std::fs::write(format!("{dir}/nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx)
-            .args(["-p", &dir.to_string(), "-c", &format!("{dir}/nginx.conf")])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let mut nginx = Nginx { child, addr };
+        let process = Group::spawn(
+            Command::new(nginx)
+                .args(["-p", &dir.to_string(), "-c", &format!("{dir}/nginx.conf")])
+                .stdout(Stdio::null()),
+        );
+        let mut nginx = Nginx { process, addr };
         eventually("nginx accepts connections", || {
-            assert!(nginx.child.try_wait().unwrap().is_none(), "nginx exited");
+            assert!(
+                nginx.process.child.try_wait().unwrap().is_none(),
+                "nginx exited"
+            );
             TcpStream::connect(addr).is_ok()
         });
         nginx
     }
+}
+
+#[test]
+fn no_process_of_nginx_outlives_its_fixture() {
+    let Some(binary) = required_tool("nginx", "apt-get install nginx-light") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = upstream.local_addr().unwrap();
+    let nginx = Nginx::in_front_of(&binary, &[upstream; 3], dir.path());
+    let (group, addr) = (nginx.process.child.id(), nginx.addr);
+    // The master and its worker, which accepts connections.
+    let running = live_in_group(group);
+    assert!(running.len() >= 2, "master and worker: {running:?}");
+    drop(nginx);
+    assert_eq!(live_in_group(group), Vec::<u32>::new());
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing listens on {addr}"
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use http_body_util::channel::Channel;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmhttpd::outbound::policy::AllowList;
-use wasmhttpd::wasm::engine::Wasi;
+use wasmhttpd::wasm::inspect::Wasi;
 use wasmhttpd::{Config, GuestSource, Limits};
 
 use crate::metrics::scrape;

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -25,9 +26,84 @@ pub struct Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// An outside program a test runs (nginx, `wasmtime serve`), started in a
+/// process group of its own and killed with the whole group when dropped,
+/// so that nothing it started outlives the test: nginx's workers do not
+/// die with their master.
+pub struct Group {
+    pub child: Child,
+}
+
+impl Group {
+    /// Spawns `command` as the leader of a new process group.
+    pub fn spawn(command: &mut Command) -> Group {
+        Group {
+            child: spawn_leader(command),
+        }
+    }
+}
+
+/// Spawns `command` as the leader of a new process group, for
+/// [`kill_group`] to end.
+fn spawn_leader(command: &mut Command) -> Child {
+    command
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|err| panic!("start {command:?}: {err}"))
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        kill_group(&mut self.child);
+    }
+}
+
+/// SIGKILL to the process group `child` leads; returns once `child` is
+/// reaped and the rest of the group has died.
+fn kill_group(child: &mut Child) {
+    let group = child.id();
+    // `kill -KILL -- -PGID` signals every process in the group; it fails
+    // harmlessly when the group is already gone.
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.wait();
+    // The others die as the signal reaches them. No panic here: this runs
+    // in `Drop`, perhaps while a failed test unwinds.
+    let deadline = Instant::now() + support::CLIENT_TIMEOUT;
+    while !live_in_group(group).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The processes still running (zombies aside) in the process group
+/// `pgid`, from `/proc`.
+pub fn live_in_group(pgid: u32) -> Vec<u32> {
+    let mut live = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the command name, which may hold spaces: state, ppid, pgrp.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        if fields[2] == pgid.to_string() && fields[0] != "Z" {
+            live.push(pid);
+        }
+    }
+    live
 }
 
 impl Running {
@@ -114,11 +190,7 @@ pub fn test_env(command: &mut Command) {
 
 /// Starts a server process and waits for the `listening on http://ADDR/` line.
 pub fn start(command: &mut Command, marker: &str) -> Running {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn server");
+    let mut child = spawn_leader(command.stdout(Stdio::null()).stderr(Stdio::piped()));
     let stderr = child.stderr.take().unwrap();
     // Keep draining stderr so the child never blocks on a full pipe.
     let (sender, log) = mpsc::channel();

@@ -101,7 +101,7 @@ impl TestServer {
                     metrics.local_addr().unwrap(),
                 );
                 let monitor = server.monitor();
-                tokio::spawn(wasmhttpd::metrics::serve(
+                tokio::spawn(wasmhttpd::proto::endpoint::serve_metrics(
                     metrics,
                     server.metrics(),
                     move || !monitor.shutting_down(),

@@ -35,7 +35,8 @@ use tracing::{info, warn};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
-use crate::wasm::guest::{BodyError, Guest, GuestBody, RequestBody};
+use crate::wasm::guest::{BodyError, Guest, GuestBody};
+use crate::wasm::instance::RequestBody;
 
 pub mod websocket;
 

@@ -13,8 +13,14 @@
 //!    the server's own listener) needs an entry naming it.
 //! 3. The host connects to the addresses it checked, never looking the
 //!    name up again, so a DNS answer that changes in between (rebinding)
-//!    cannot slip past; https goes through rustls with the webpki roots.
-//! 4. The response body streams to the guest as it arrives.
+//!    cannot slip past; https goes through rustls with the webpki roots
+//!    and the authorities of `--outbound-ca`.
+//! 4. The response body streams to the guest as it arrives. A response
+//!    whose connection ends right after it (`Connection: close`,
+//!    HTTP/1.0, a body read to the end of the connection) is whole; only
+//!    a connection that ends before the response head, or before the end
+//!    of a body of known length, fails the guest's request
+//!    (`HttpResponseIncomplete`).
 //!
 //! The connect, first-byte and between-bytes timeouts are the server's
 //! (`--outbound-*-timeout`); a guest's `request-options` may shorten them,
@@ -27,8 +33,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -42,10 +48,11 @@ use tokio::time::Sleep;
 use tracing::{info, warn};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, TlsAlertReceivedPayload};
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView};
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Outgoing};
+use crate::tls::TlsError;
 use policy::{AllowList, Candidates, Denial, Host, Scheme};
 
 pub mod policy;
@@ -59,26 +66,35 @@ pub struct Outbound {
     between_bytes_timeout: Duration,
     /// Requests one instance may have open at once.
     max_open: usize,
+    /// The TLS client of https requests, with the roots they trust.
+    tls: Arc<rustls::ClientConfig>,
     metrics: Arc<Metrics>,
 }
 
 impl Outbound {
-    /// The policy of a route allowing `allow`, under the server's `limits`.
-    pub fn new(allow: AllowList, limits: &Limits, metrics: Arc<Metrics>) -> Outbound {
-        Outbound {
+    /// The policy of a route allowing `allow`, under the server's `limits`;
+    /// fails when `--outbound-ca` cannot be used.
+    pub fn new(
+        allow: AllowList,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Outbound, TlsError> {
+        Ok(Outbound {
             allow,
             connect_timeout: limits.outbound_connect_timeout,
             first_byte_timeout: limits.outbound_first_byte_timeout,
             between_bytes_timeout: limits.outbound_between_bytes_timeout,
             max_open: limits.max_outbound as usize,
+            tls: crate::tls::outbound_client(limits.outbound_ca.as_deref())?,
             metrics,
-        }
+        })
     }
 
     /// The same caps with another route's `allow` list.
     pub fn with_list(&self, allow: AllowList) -> Outbound {
         Outbound {
             allow,
+            tls: self.tls.clone(),
             metrics: self.metrics.clone(),
             ..*self
         }
@@ -297,7 +313,8 @@ impl Call {
                         .map_err(|err| Refused::Failed(Error::InvalidDnsNameError(err)))?,
                     Host::Addr(addr) => rustls::pki_types::ServerName::from(*addr),
                 };
-                let tls = tokio_rustls::TlsConnector::from(tls_config()).connect(name, stream);
+                let tls = tokio_rustls::TlsConnector::from(self.outbound.tls.clone())
+                    .connect(name, stream);
                 Box::new(
                     tokio::time::timeout_at(deadline, tls)
                         .await
@@ -327,21 +344,38 @@ impl Call {
         // The connection's I/O runs with the send until the head arrives,
         // and then with the body, driven by wasmtime-wasi-http.
         let mut conn = Box::pin(conn);
-        let response = async {
-            tokio::select! {
-                biased;
-                response = tokio::time::timeout(timeouts.first_byte, sender.send_request(request)) => {
-                    response.map_err(|_| Error::ConnectionReadTimeout)?.map_err(Error::Hyper)
-                }
-                ended = &mut conn => Err(match ended {
-                    Ok(()) => Error::HttpResponseIncomplete,
-                    Err(err) => Error::Hyper(err),
-                }),
+        let send = tokio::time::timeout(timeouts.first_byte, sender.send_request(request));
+        let mut send = std::pin::pin!(send);
+        let mut ended = None;
+        let sent = tokio::select! {
+            biased;
+            sent = &mut send => sent,
+            end = &mut conn => {
+                // A response that ends with its connection (`Connection:
+                // close`, HTTP/1.0, read to EOF) reaches the sender in the
+                // very poll in which the connection ends: the sender has
+                // it now, or says that none came.
+                ended = Some(end);
+                send.await
             }
+        };
+        let running = ended.is_none();
+        let response = match (sent, ended) {
+            (Ok(Ok(response)), _) => Ok(response),
+            (_, Some(Err(err))) => Err(Error::Hyper(err)),
+            // Ended normally without a response head.
+            (_, Some(Ok(()))) => Err(Error::HttpResponseIncomplete),
+            (Ok(Err(err)), None) => Err(Error::Hyper(err)),
+            (Err(_), None) => Err(Error::ConnectionReadTimeout),
         }
-        .await
         .map_err(Refused::Failed)?;
-        let io = async move { conn.await.map_err(Error::Hyper) };
+        let io = async move {
+            if running {
+                conn.await.map_err(Error::Hyper)
+            } else {
+                Ok(())
+            }
+        };
         Ok((response, io, rule))
     }
 
@@ -487,27 +521,6 @@ async fn connect_any(addrs: &[IpAddr], port: u16) -> std::io::Result<TcpStream> 
     Err(last.unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into()))
 }
 
-/// The TLS client configuration every outgoing https request uses: TLS
-/// 1.2 and 1.3, the webpki roots, no client certificate.
-fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(config)
-        })
-        .clone()
-}
-
 /// A response body as the guest reads it: streamed, each piece within the
 /// between-bytes timeout, and logged once it ends or is dropped.
 struct ResponseBody {
@@ -578,11 +591,7 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
-                let err = if err.is_timeout() {
-                    Error::HttpResponseTimeout
-                } else {
-                    Error::Hyper(err)
-                };
+                let err = body_error(&err);
                 this.finish(Some(&err), false);
                 Poll::Ready(Some(Err(err)))
             }
@@ -609,6 +618,68 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.incoming.size_hint()
+    }
+}
+
+/// What a broken response body is, in the terms the guest reads it in
+/// (see [`add_to_linker`]).
+fn body_error(err: &hyper::Error) -> Error {
+    if err.is_timeout() {
+        Error::HttpResponseTimeout
+    } else if ended_early(err) {
+        // The connection ended before the length the head declared.
+        Error::HttpResponseIncomplete
+    } else {
+        Error::HttpProtocolError
+    }
+}
+
+/// Whether `err` is the connection's end before the body's: hyper reads
+/// it as an unexpected end of file.
+fn ended_early(err: &hyper::Error) -> bool {
+    err.is_incomplete_message()
+        || std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// The interface whose `http-error-code` [`add_to_linker`] answers.
+const TYPES: &str = "wasi:http/types@0.2.12";
+
+/// Defines `wasi:http/types`'s `http-error-code` again in `linker`, so
+/// that the error of a response body the host streams for a guest (one of
+/// [`body_error`]'s, or the between-bytes timeout) reaches the guest as
+/// its `error-code`. wasmtime-wasi-http passes a body's error to the guest
+/// as an `io-error` whose code only an `error-code` value gives, so
+/// without this a guest would see an upstream that closed mid-body only
+/// as text.
+pub fn add_to_linker<T: WasiHttpView + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let defined = linker.instance(TYPES)?.func_wrap(
+        "http-error-code",
+        |mut store: wasmtime::StoreContextMut<'_, T>,
+         (err,): (wasmtime::component::Resource<wasmtime_wasi::p2::IoError>,)| {
+            let err = store.data_mut().http().table.get(&err)?;
+            Ok((error_code(err),))
+        },
+    );
+    linker.allow_shadowing(false);
+    defined
+}
+
+/// The `error-code` an `io-error` stands for, if any.
+fn error_code(err: &wasmtime::Error) -> Option<ErrorCode> {
+    if let Some(code) = err.downcast_ref::<ErrorCode>() {
+        return Some(code.clone());
+    }
+    match err.downcast_ref::<Error>()? {
+        Error::HttpResponseIncomplete => Some(ErrorCode::HttpResponseIncomplete),
+        Error::HttpResponseTimeout => Some(ErrorCode::HttpResponseTimeout),
+        Error::ConnectionReadTimeout => Some(ErrorCode::ConnectionReadTimeout),
+        Error::HttpProtocolError => Some(ErrorCode::HttpProtocolError),
+        _ => None,
     }
 }
 
@@ -645,7 +716,8 @@ mod tests {
             outbound_connect_timeout: Duration::from_secs(5),
             ..Limits::default()
         };
-        let outbound = Outbound::new(AllowList::default(), &limits, Arc::new(Metrics::new()));
+        let outbound =
+            Outbound::new(AllowList::default(), &limits, Arc::new(Metrics::new())).unwrap();
         let asked = |connect| RequestOptions {
             connect_timeout: Some(connect),
             ..RequestOptions::default()

@@ -1,5 +1,6 @@
 //! The host's own small HTTP/1.1 listeners, apart from the guests'
-//! traffic: the metrics endpoint and the redirect to HTTPS. Each answers
+//! traffic: the metrics endpoint with the liveness and readiness probes,
+//! and the redirect to HTTPS. Each answers
 //! every request from its head alone (a request with a body, or a bad
 //! head, ends the connection), on the same strict parser as the main
 //! front end.
@@ -7,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
@@ -15,6 +16,7 @@ use tracing::{Instrument, debug, error, info_span};
 
 use super::role::{self, BodyKind, Framing, RequestHead};
 use crate::config::{DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_HEAD_BYTES, DEFAULT_WRITE_TIMEOUT};
+use crate::metrics::{self, Metrics};
 
 /// What an endpoint answers: status, header fields, body.
 pub struct Reply {
@@ -156,4 +158,56 @@ pub fn redirect_to_https(port: u16) -> Handler {
             body: String::new(),
         }
     })
+}
+
+/// The metrics' path on the metrics endpoint.
+pub const METRICS: &str = "/metrics";
+/// The liveness probe's path: 200 while the process serves.
+pub const HEALTHZ: &str = "/healthz";
+/// The readiness probe's path: 200 while the server takes requests, 503
+/// from the moment its shutdown begins.
+pub const READYZ: &str = "/readyz";
+
+/// Serves the metrics endpoint on `listener` until the future is dropped:
+/// the metrics on `GET` (and `HEAD`) of [`METRICS`], the probes at
+/// [`HEALTHZ`] and [`READYZ`] (`ready` says which), 404 elsewhere, 405
+/// for other methods. The endpoint outlives the server's shutdown, so a
+/// load balancer sees `/readyz` turn 503 while responses finish.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: impl Fn() -> bool + Send + Sync + 'static,
+) {
+    let handler = Arc::new(move |head: &RequestHead| {
+        let mut headers = HeaderMap::new();
+        let path = head.uri.path();
+        let (status, body) = if ![METRICS, HEALTHZ, READYZ].contains(&path) {
+            (StatusCode::NOT_FOUND, String::new())
+        } else if head.method != Method::GET && head.method != Method::HEAD {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            (StatusCode::METHOD_NOT_ALLOWED, String::new())
+        } else if path == HEALTHZ {
+            (StatusCode::OK, "ok\n".to_owned())
+        } else if path == READYZ {
+            match ready() {
+                true => (StatusCode::OK, "ready\n".to_owned()),
+                false => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting down\n".to_owned(),
+                ),
+            }
+        } else {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            );
+            (StatusCode::OK, metrics.encode())
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    });
+    serve(listener, "metrics", handler).await;
 }

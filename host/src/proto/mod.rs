@@ -15,7 +15,7 @@
 //!   session after it is the dispatch's.
 //!
 //! - [`h2`]: the HTTP/2 front end, hyper's server on the same dispatch.
-//! - [`endpoint`]: the host's own small listeners (metrics, the redirect
+//! - [`endpoint`]: the host's own small listeners (metrics and probes, the redirect
 //!   to HTTPS), answering from a request's head.
 //!
 //! Each request goes to [`crate::dispatch`]; nothing here calls a guest.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use wasmtime::{Enabled, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::inspect::Wasi;
 use crate::config::{Limits, Route};
 
 /// Epoch period. A running guest yields to the async runtime (and has its
@@ -26,26 +27,6 @@ const TABLES_PER_COMPONENT: u32 = 8;
 /// Bytes of each linear memory and table whose written pages are reset in
 /// place when an instance ends, instead of being handed back to the kernel.
 const KEEP_RESIDENT: usize = 4 << 20;
-
-/// Which `wasi:http` a component serves, and so which engine runs it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wasi {
-    /// `wasi:http/incoming-handler@0.2.x`: one call at a time per instance.
-    P2,
-    /// `wasi:http/handler@0.3.x`: native async, several requests at once
-    /// per instance.
-    P3,
-}
-
-impl Wasi {
-    /// A word for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Wasi::P2 => "p2",
-            Wasi::P3 => "p3",
-        }
-    }
-}
 
 /// The engines shared by every guest of this server: one for WASIp2
 /// components, built without the component model's concurrency support,

@@ -1,10 +1,29 @@
 //! What a guest file is, read before it is compiled: a component, not an
-//! empty file, a core module or something else; and the linear memory its
-//! modules need at start, which the memory cap must allow.
+//! empty file, a core module or something else; which `wasi:http` it
+//! exports ([`Wasi`]); and the linear memory its modules need at start,
+//! which the memory cap must allow.
 
 use std::fmt;
 
-use super::engine::Wasi;
+/// Which `wasi:http` a component serves, and so which engine runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wasi {
+    /// `wasi:http/incoming-handler@0.2.x`: one call at a time per instance.
+    P2,
+    /// `wasi:http/handler@0.3.x`: native async, several requests at once
+    /// per instance.
+    P3,
+}
+
+impl Wasi {
+    /// A word for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wasi::P2 => "p2",
+            Wasi::P3 => "p3",
+        }
+    }
+}
 
 /// The first bytes of every WebAssembly binary.
 const MAGIC: &[u8; 4] = b"\0asm";

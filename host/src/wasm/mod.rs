@@ -2,8 +2,9 @@
 //! a guest component and swapping in new versions, running one request
 //! through a fresh instance of it (or one from its pool, with reuse), and
 //! WebSocket sessions in an instance of their own. Admission and the
-//! guest's deadlines are kept here, for all of them. A guest's stdout and
-//! stderr become log lines.
+//! guest's deadlines are kept in `instance`, for all of them, below the
+//! modules of each kind (`guest`, `p3`, `websocket`). A guest's stdout
+//! and stderr become log lines.
 //!
 //! It meets the HTTP side at `http::Request` / `http::Response`, and at
 //! whole WebSocket messages.
@@ -12,6 +13,7 @@ pub mod cache;
 pub mod engine;
 pub mod guest;
 pub mod inspect;
+pub mod instance;
 mod output;
 mod p3;
 pub mod reload;

@@ -47,7 +47,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use super::guest::{GuestContext, GuestError, GuestState, RequestBody, classify, within};
+use super::instance::{GuestContext, GuestError, GuestState, RequestBody, classify, within};
 use super::reuse::IDLE_INSTANCE;
 use crate::metrics::{Fault, Metrics};
 use tracing::warn;

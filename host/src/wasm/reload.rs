@@ -18,8 +18,9 @@ use std::time::Duration;
 use tracing::{debug, error, info};
 
 use super::cache::{Digest, Origin};
-use super::engine::Wasi;
-use super::guest::{Guest, GuestContext, LoadError};
+use super::guest::{Guest, LoadError};
+use super::inspect::Wasi;
+use super::instance::GuestContext;
 use crate::config::GuestSource;
 use crate::watch::Reload;
 

@@ -12,10 +12,10 @@ use std::sync::atomic::AtomicBool;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use wasmtime::Store;
 use wasmtime::component::{Component, InstancePre};
+use wasmtime::{Engine, Store};
 
-use super::guest::{Guest, GuestError, GuestState, within};
+use super::instance::{GuestContext, GuestError, GuestState, within};
 use crate::metrics::{Metrics, Open};
 
 mod bindings {
@@ -64,48 +64,51 @@ pub struct Session {
     metrics: Arc<Metrics>,
 }
 
-impl Guest {
-    /// Whether upgrades go to this guest's WebSocket export.
-    pub fn has_websocket(&self) -> bool {
-        self.websocket.is_some()
+/// Instantiates `pre`, compiled by `engine`, in `ctx` for a session (`id`
+/// in the logs) and asks it to `open`; a fault is counted.
+pub(super) async fn open(
+    pre: &WebsocketHandlerPre<GuestState>,
+    engine: &Engine,
+    ctx: &GuestContext,
+    upgrade: Upgrade,
+    id: u64,
+) -> Result<Opened, GuestError> {
+    let opened = open_session(pre, engine, ctx, upgrade, id).await;
+    if let Some(fault) = opened.as_ref().err().and_then(GuestError::fault) {
+        ctx.metrics.guest_fault(fault);
     }
+    opened
+}
 
-    /// Instantiates the guest for a session (`id` in the logs) and asks it
-    /// to `open`.
-    pub async fn open_websocket(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
-        let opened = self.open_session(upgrade, id).await;
-        if let Some(fault) = opened.as_ref().err().and_then(GuestError::fault) {
-            self.ctx.metrics.guest_fault(fault);
-        }
-        opened
-    }
-
-    async fn open_session(&self, upgrade: Upgrade, id: u64) -> Result<Opened, GuestError> {
-        let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
-        let slot = self.ctx.admit_session()?;
-        let deadline = Instant::now() + self.ctx.timeout;
-        let mut store = self
-            .ctx
-            .new_store(&self.engine, deadline, Arc::new(AtomicBool::new(false)), id)
-            .map_err(GuestError::Setup)?;
-        let handler = within(deadline, pre.instantiate_async(&mut store)).await?;
-        let mut session = Session {
-            store,
-            handler,
-            timeout: self.ctx.timeout,
-            _slot: slot,
-            _open: self.ctx.metrics.websocket_session(),
-            metrics: self.ctx.metrics.clone(),
-        };
-        let deadline = session.arm();
-        let call = session
-            .handler
-            .wasmhttpd_guest_websocket()
-            .call_open(&mut session.store, &upgrade);
-        match within(deadline, call).await? {
-            Decision::Accept(protocol) => Ok(Opened::Accepted(session, protocol)),
-            Decision::Refuse => Ok(Opened::Refused),
-        }
+async fn open_session(
+    pre: &WebsocketHandlerPre<GuestState>,
+    engine: &Engine,
+    ctx: &GuestContext,
+    upgrade: Upgrade,
+    id: u64,
+) -> Result<Opened, GuestError> {
+    let slot = ctx.admit_session()?;
+    let deadline = Instant::now() + ctx.timeout;
+    let mut store = ctx
+        .new_store(engine, deadline, Arc::new(AtomicBool::new(false)), id)
+        .map_err(GuestError::Setup)?;
+    let handler = within(deadline, pre.instantiate_async(&mut store)).await?;
+    let mut session = Session {
+        store,
+        handler,
+        timeout: ctx.timeout,
+        _slot: slot,
+        _open: ctx.metrics.websocket_session(),
+        metrics: ctx.metrics.clone(),
+    };
+    let deadline = session.arm();
+    let call = session
+        .handler
+        .wasmhttpd_guest_websocket()
+        .call_open(&mut session.store, &upgrade);
+    match within(deadline, call).await? {
+        Decision::Accept(protocol) => Ok(Opened::Accepted(session, protocol)),
+        Decision::Refuse => Ok(Opened::Refused),
     }
 }
 

@@ -1,0 +1,486 @@
+//! What every kind of guest instance shares: a WASIp2 request's, a
+//! WASIp3 worker's and a WebSocket session's. The context that admits
+//! requests and makes stores ([`GuestContext`]), the state a store holds
+//! ([`GuestState`]: WASI, the memory cap, the outgoing-request hooks), the
+//! one deadline of every call into a guest ([`within`]), and how a fault
+//! is told and counted ([`GuestError`], [`classify`], [`FaultOnce`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{
+    Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::cache::CompiledCache;
+use super::engine::Engines;
+use super::inspect;
+use super::output::{GuestOutput, Stream};
+use crate::config::{Limits, RouteLimits};
+use crate::metrics::{Fault, Metrics, Open};
+use crate::outbound::{Hooks, Outbound};
+
+/// A request's body as a guest reads it.
+pub type RequestBody = WasiBody;
+
+/// Why a request got no response from the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// The guest trapped (panic, `unreachable`, memory exhausted, ...).
+    #[error("guest trapped: {0:#}")]
+    Trap(wasmtime::Error),
+    /// The guest did not produce a response head in time.
+    #[error("guest timed out")]
+    Timeout,
+    /// The guest returned without setting a response.
+    #[error("guest returned without a response")]
+    NoResponse,
+    /// The guest answered with a `wasi:http` error code instead of a response.
+    #[error("guest answered with error {0}")]
+    ErrorCode(String),
+    /// The WASIp3 instance serving the request ended (it trapped on
+    /// another request, or was dropped at its deadline) before answering.
+    #[error("the guest instance ended before answering (its trap is logged as the instance's)")]
+    Lost,
+    /// The host could not set up the request for the guest.
+    #[error("setting up the guest failed: {0:#}")]
+    Setup(wasmtime::Error),
+    /// Every instance (or WebSocket session slot) stayed taken.
+    #[error("every guest instance is busy")]
+    Busy,
+}
+
+impl GuestError {
+    /// The guest's own fault in this error, if it was one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            GuestError::Trap(_) => Some(Fault::Trap),
+            GuestError::Timeout => Some(Fault::Timeout),
+            _ => None,
+        }
+    }
+
+    /// The status the client gets: 504 for a timeout, 503 when busy, 500
+    /// otherwise.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            GuestError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            GuestError::Busy => http::StatusCode::SERVICE_UNAVAILABLE,
+            _ => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What every guest of a server shares, across routes and reloads: the
+/// engines, what an instance sees (web root, environment), its deadline,
+/// the compiled-component cache, and the instance pool's admission.
+pub struct GuestContext {
+    pub(super) engines: Arc<Engines>,
+    root: PathBuf,
+    env: Vec<(String, String)>,
+    pub(super) timeout: Duration,
+    /// Time a request waits for a free instance.
+    pub(super) queue_timeout: Duration,
+    /// Requests one instance serves; 1 for a fresh instance per request.
+    pub(super) reuse: usize,
+    /// Requests one WASIp3 instance serves at once.
+    pub(super) p3_concurrency: usize,
+    /// Requests one WASIp3 instance serves in its life.
+    pub(super) p3_reuse: usize,
+    pub(super) cache: CompiledCache,
+    /// Linear memory one instance may grow to.
+    pub(super) memory: usize,
+    instances: Arc<Semaphore>,
+    pub(super) max_instances: usize,
+    /// Whether `instances` is a route's own, not the server's.
+    own_instances: bool,
+    /// Open WebSocket sessions' share of the instance pool.
+    websocket_slots: Arc<Semaphore>,
+    max_websockets: usize,
+    /// Where the guests may send requests, and the host's limits on them.
+    outbound: Arc<Outbound>,
+    /// The server's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl GuestContext {
+    /// A context whose instances get `root` preopened read-only at `/`
+    /// and `env` as their environment; fails when the authorities of
+    /// `--outbound-ca` cannot be used.
+    pub fn new(
+        engines: Arc<Engines>,
+        root: PathBuf,
+        env: Vec<(String, String)>,
+        limits: &Limits,
+        cache: CompiledCache,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, crate::tls::TlsError> {
+        Ok(GuestContext {
+            engines,
+            root,
+            env,
+            timeout: limits.guest_timeout,
+            queue_timeout: limits.queue_timeout,
+            reuse: limits.reuse.max(1),
+            p3_concurrency: limits.p3_concurrency.max(1),
+            p3_reuse: limits.p3_reuse.max(1),
+            cache,
+            memory: limits.guest_memory,
+            instances: Arc::new(Semaphore::new(limits.max_instances as usize)),
+            max_instances: limits.max_instances as usize,
+            own_instances: false,
+            websocket_slots: Arc::new(Semaphore::new(limits.max_websockets as usize)),
+            max_websockets: limits.max_websockets as usize,
+            outbound: Arc::new(Outbound::new(
+                limits.allow_outbound.clone(),
+                limits,
+                metrics.clone(),
+            )?),
+            metrics,
+        })
+    }
+
+    /// The context of a route with its own `limits`: the rest is shared.
+    pub fn for_route(&self, limits: &RouteLimits) -> GuestContext {
+        let (instances, max_instances, own_instances) = match limits.max_instances {
+            Some(max) => (Arc::new(Semaphore::new(max as usize)), max as usize, true),
+            None => (self.instances.clone(), self.max_instances, false),
+        };
+        GuestContext {
+            engines: self.engines.clone(),
+            root: self.root.clone(),
+            env: self.env.clone(),
+            timeout: limits.guest_timeout.unwrap_or(self.timeout),
+            queue_timeout: self.queue_timeout,
+            reuse: limits.reuse.unwrap_or(self.reuse).max(1),
+            p3_concurrency: limits.p3_concurrency.unwrap_or(self.p3_concurrency).max(1),
+            p3_reuse: limits.p3_reuse.unwrap_or(self.p3_reuse).max(1),
+            cache: self.cache.clone(),
+            memory: limits.guest_memory.unwrap_or(self.memory),
+            instances,
+            max_instances,
+            own_instances,
+            websocket_slots: self.websocket_slots.clone(),
+            max_websockets: self.max_websockets,
+            outbound: match &limits.allow_outbound {
+                Some(allow) => Arc::new(self.outbound.with_list(allow.clone())),
+                None => self.outbound.clone(),
+            },
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Waits, up to the queue timeout, for one of the instances this
+    /// context may run at once: the one admission of every request.
+    pub(super) async fn admit(&self) -> Result<OwnedSemaphorePermit, GuestError> {
+        let queued = Instant::now() + self.queue_timeout;
+        tokio::time::timeout_at(queued, self.instances.clone().acquire_owned())
+            .await
+            .map_err(|_| GuestError::Busy)?
+            .map_err(|_| GuestError::Busy)
+    }
+
+    /// One of the WebSocket sessions this context may hold open, at once
+    /// or not at all: a session holds its instance for as long as the
+    /// client stays, so an upgrade past the limit gets 503 rather than a
+    /// wait.
+    pub(super) fn admit_session(&self) -> Result<OwnedSemaphorePermit, GuestError> {
+        self.websocket_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| GuestError::Busy)
+    }
+
+    /// Instances running a request now, from instantiation until the
+    /// response body is done or abandoned.
+    pub fn requests_running(&self) -> usize {
+        self.max_instances - self.instances.available_permits()
+    }
+
+    /// Whether this context admits requests through a route's own share
+    /// of instances rather than the server's.
+    pub fn has_own_instances(&self) -> bool {
+        self.own_instances
+    }
+
+    /// WebSocket sessions open now.
+    pub fn websocket_sessions(&self) -> usize {
+        self.max_websockets - self.websocket_slots.available_permits()
+    }
+}
+
+impl GuestContext {
+    /// A store for one instance: the guest's WASI context, and an epoch
+    /// callback that yields every tick and interrupts the guest once it is
+    /// past its deadline, unless `lifted` is set by then. Its output is
+    /// logged under the request id `id`.
+    pub(crate) fn new_store(
+        &self,
+        engine: &Engine,
+        deadline: Instant,
+        lifted: Arc<AtomicBool>,
+        id: u64,
+    ) -> wasmtime::Result<Store<GuestState>> {
+        let live = self.metrics.instance();
+        let request = Arc::new(AtomicU64::new(id));
+        let hooks = self.outbound.hooks(request.clone());
+        let mut state = GuestState::new(
+            &self.root, &self.env, deadline, lifted, request, hooks, live,
+        )?;
+        state.limits = MemoryCap::new(self.memory);
+        let mut store = Store::new(engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            let state = store.data();
+            if !state.lifted.load(Ordering::Relaxed) && Instant::now() >= state.deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Ok(store)
+    }
+}
+
+/// A trap raised by the epoch deadline is a timeout; anything else a fault.
+pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
+    if is_interrupt(&err) {
+        GuestError::Timeout
+    } else {
+        GuestError::Trap(err)
+    }
+}
+
+impl From<wasmtime::Error> for GuestError {
+    fn from(err: wasmtime::Error) -> GuestError {
+        classify(err)
+    }
+}
+
+/// Runs `work`, a call into a guest (a request's head, a WebSocket
+/// session's call), until `deadline`: the one place a guest's deadline is
+/// kept while the host waits on it. The epoch callback interrupts a guest
+/// that computes past its deadline; this stops waiting on one that is
+/// blocked past it.
+pub(crate) async fn within<T, E: Into<GuestError>>(
+    deadline: Instant,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, GuestError> {
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(Ok(done)) => Ok(done),
+        // Work that fails at its deadline failed because of it: a reused
+        // instance is ended at the same deadline, and its request may hear
+        // of that first, as a lost instance.
+        Ok(Err(_)) if Instant::now() >= deadline => Err(GuestError::Timeout),
+        Ok(Err(err)) => Err(err.into()),
+        Err(_) => Err(GuestError::Timeout),
+    }
+}
+
+fn is_interrupt(err: &wasmtime::Error) -> bool {
+    matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
+/// Counts a request's guest fault in the metrics once, whether the host
+/// sees it first (a deadline) or the guest's task does (a trap, maybe
+/// after the response head was sent).
+#[derive(Clone)]
+pub(crate) struct FaultOnce {
+    reported: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl FaultOnce {
+    pub(crate) fn new(metrics: &Arc<Metrics>) -> Self {
+        FaultOnce {
+            reported: Arc::new(AtomicBool::new(false)),
+            metrics: metrics.clone(),
+        }
+    }
+
+    /// Counts `err` unless a fault of this request was counted already.
+    pub(crate) fn report(&self, err: &GuestError) {
+        if let Some(fault) = err.fault()
+            && !self.reported.swap(true, Ordering::Relaxed)
+        {
+            self.metrics.guest_fault(fault);
+        }
+    }
+
+    /// Counts an error the guest's own call ended with.
+    pub(super) fn report_trap(&self, err: &wasmtime::Error) {
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            self.metrics.guest_fault(if is_interrupt(err) {
+                Fault::Timeout
+            } else {
+                Fault::Trap
+            });
+        }
+    }
+}
+
+/// What a guest's store holds for one request or WebSocket session.
+pub(crate) struct GuestState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    /// When the guest is interrupted: the response head's deadline for a
+    /// request, the current call's for a WebSocket session.
+    pub(crate) deadline: Instant,
+    /// Set by the host once a request's head arrived; the deadline then no
+    /// longer applies.
+    lifted: Arc<AtomicBool>,
+    /// The route's memory cap (the pool's may be higher, for other routes).
+    limits: MemoryCap,
+    /// The id of the request (or WebSocket session) the instance serves,
+    /// which its output is logged with.
+    pub(crate) request: Arc<AtomicU64>,
+    /// What the host does for the guest's outgoing requests.
+    hooks: Hooks,
+    /// Counts the instance as live while its store exists.
+    _live: Open,
+}
+
+impl GuestState {
+    fn new(
+        root: &Path,
+        env: &[(String, String)],
+        deadline: Instant,
+        lifted: Arc<AtomicBool>,
+        request: Arc<AtomicU64>,
+        hooks: Hooks,
+        live: Open,
+    ) -> wasmtime::Result<Self> {
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput::new(Stream::Stdout, request.clone()))
+            .stderr(GuestOutput::new(Stream::Stderr, request.clone()))
+            .envs(env)
+            // File operations run on the worker thread instead of a hop to
+            // tokio's blocking pool and back: a web root is read from the
+            // page cache in microseconds, and the hop (two thread wake-ups
+            // per open, stat and read) cost more than the work.
+            .allow_blocking_current_thread(true)
+            .preopened_dir(root, "/", FsPerms::ReadOnly)?;
+        Ok(GuestState {
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            deadline,
+            lifted,
+            limits: MemoryCap::new(usize::MAX),
+            request,
+            hooks,
+            _live: live,
+        })
+    }
+}
+
+impl GuestState {
+    /// Readies a reused instance's state for request `id`: its output is
+    /// logged with that id, and it is interrupted past `deadline` until
+    /// `lifted` is set.
+    pub(super) fn arm(&mut self, id: u64, deadline: Instant, lifted: Arc<AtomicBool>) {
+        self.request.store(id, Ordering::Relaxed);
+        self.deadline = deadline;
+        self.lifted = lifted;
+    }
+}
+
+impl GuestState {
+    /// `err`, a trap of this instance, with what to do about it when the
+    /// guest ran out of memory before it: a refused `memory.grow` shows
+    /// to the guest as a failed allocation, and most guests trap on that.
+    pub(crate) fn explain(&self, err: wasmtime::Error) -> wasmtime::Error {
+        match self.limits.refused {
+            Some(desired) => err.context(format!(
+                "the guest ran out of memory: it asked for {} MiB of linear memory, past \
+                 --guest-memory {} MiB; raise --guest-memory (or its route's guest-memory)",
+                inspect::mib_to_hold(desired as u64),
+                self.limits.cap >> 20
+            )),
+            None => err,
+        }
+    }
+}
+
+/// A store's memory cap, which remembers the last growth it refused.
+pub(crate) struct MemoryCap {
+    limits: StoreLimits,
+    /// Bytes of linear memory one instance may have.
+    cap: usize,
+    /// The size a refused `memory.grow` asked for.
+    refused: Option<usize>,
+}
+
+impl MemoryCap {
+    fn new(cap: usize) -> MemoryCap {
+        MemoryCap {
+            limits: StoreLimitsBuilder::new().memory_size(cap).build(),
+            cap,
+            refused: None,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.refused = Some(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
