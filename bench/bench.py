@@ -324,8 +324,9 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                            "--reuse", str(REUSE)], port))
     port = free_port()
     servers.append(Server("wasmtime serve",
-                          ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
-                           "--addr", f"127.0.0.1:{port}", str(guest)], port))
+                          ["wasmtime", "serve", "-S", "cli", "-S", "keyvalue",
+                           "--dir", f"{root}::/", "--addr", f"127.0.0.1:{port}", str(guest)],
+                          port))
     port = free_port()
     servers.append(Server(f"wasmtime serve --max-instance-reuse-count {REUSE}",
                           ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
@@ -355,8 +356,9 @@ def start_p3_servers(servers, root, wasmhttpd, guest, empty_guest):
                            "--guest", str(guest)], port))
     port = free_port()
     servers.append(Server(P3_PEER,
-                          ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
-                           "--addr", f"127.0.0.1:{port}", str(guest)], port))
+                          ["wasmtime", "serve", "-S", "cli", "-S", "keyvalue",
+                           "--dir", f"{root}::/", "--addr", f"127.0.0.1:{port}", str(guest)],
+                          port))
     port = free_port()
     servers.append(Server(EMPTY_P2,
                           [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,

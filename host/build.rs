@@ -11,7 +11,9 @@
 //!   export) are only for the integration tests, which find them through
 //!   the `WASMHTTPD_FAULT_GUEST` and `WASMHTTPD_PLAIN_GUEST` environment
 //!   variables at compile time; so is `wasmhttpd-p3-guest`, a WASIp3
-//!   guest (`WASMHTTPD_P3_GUEST`).
+//!   guest (`WASMHTTPD_P3_GUEST`); and `wasmhttpd-kv-guest`, which keeps
+//!   state through both versions of `wasi:keyvalue`
+//!   (`WASMHTTPD_KV_GUEST`).
 //!
 //! The guests are built by a nested `cargo build` with its own target
 //! directory under `OUT_DIR`, so it never waits on the outer build's lock.
@@ -27,13 +29,14 @@ use std::process::Command;
 mod wasm_target;
 
 use wasm_target::{Plan, TARGET};
-const GUESTS: [&str; 6] = [
+const GUESTS: [&str; 7] = [
     "wasmhttpd-guest",
     "wasmhttpd-register-guest",
     "wasmhttpd-gateway-guest",
     "wasmhttpd-fault-guest",
     "wasmhttpd-plain-guest",
     "wasmhttpd-p3-guest",
+    "wasmhttpd-kv-guest",
 ];
 
 fn main() {
@@ -97,6 +100,7 @@ fn main() {
         ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
         ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),
         ("WASMHTTPD_P3_GUEST", "wasmhttpd-p3-guest"),
+        ("WASMHTTPD_KV_GUEST", "wasmhttpd-kv-guest"),
     ] {
         println!("cargo:rustc-env={variable}={}", artifact(package).display());
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Secs, Switch, settings};
 
 use crate::outbound::policy::{AllowList, Patterns};
+use crate::state::{ConfigValues, ConfigVars, Grants, KvLimits, StoreList, StoreNames, StoreSpec};
 use crate::tls::TlsFiles;
 
 pub mod file;
@@ -112,6 +113,22 @@ pub const DEFAULT_MAX_OUTBOUND: u32 = 16;
 /// HTTP/2 streams one connection may have open at once, as nginx's
 /// `http2_max_concurrent_streams`; more are refused, not queued.
 pub const DEFAULT_H2_MAX_STREAMS: u32 = 128;
+/// Longest key of a key-value store, in bytes: room for a namespaced key
+/// (`session:` and a 64-character token), bounded so keys stay cheap to
+/// index and log.
+pub const DEFAULT_KV_MAX_KEY: usize = 256;
+/// Largest value of a key-value store, in bytes: a session or a small
+/// document; larger data belongs in a file or an object store.
+pub const DEFAULT_KV_MAX_VALUE: usize = 1024 * 1024;
+/// Keys one key-value store may hold, so that a guest filling a store in
+/// a loop fills it only so far.
+pub const DEFAULT_KV_MAX_KEYS: u64 = 1_000_000;
+/// Keys one `list-keys` call gives (and one batch takes) at most.
+pub const DEFAULT_KV_PAGE: usize = 1000;
+/// Time one key-value operation may take before the guest gets an error:
+/// a store that does not answer in this long is down for the guest's
+/// purposes, and the guest still has time to answer its own request.
+pub const DEFAULT_KV_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,6 +194,11 @@ pub struct Config {
     pub watch: bool,
     /// Serve HTTPS with this certificate and key instead of cleartext.
     pub tls: Option<TlsFiles>,
+    /// The key-value stores declared besides `default`.
+    pub stores: Vec<StoreSpec>,
+    /// Where SQLite stores without a file of their own live; `None` is the
+    /// user's data directory.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -195,6 +217,8 @@ impl Config {
             cache_dir: None,
             watch: false,
             tls: None,
+            stores: Vec::new(),
+            data_dir: None,
         }
     }
 
@@ -248,6 +272,14 @@ settings! {
         /// Also listen on ADDR in cleartext, answering every request with
         /// 308 to the same URL on https; needs --tls-cert.
         http_redirect: Maybe<Addr> = None,
+        /// Declare a key-value store guests may be granted: NAME=sqlite (a
+        /// database in --data-dir), NAME=sqlite:FILE or NAME=memory (gone
+        /// when the server stops). Repeatable. A store named default,
+        /// SQLite, is declared unless given here.
+        kv_store: StoreList = Vec::new(),
+        /// Directory of the SQLite key-value stores [default: the user's
+        /// data directory, e.g. ~/.local/share/wasmhttpd].
+        data_dir: Maybe<FsPath> = None,
     }
 }
 
@@ -306,6 +338,19 @@ settings! {
         /// besides the public webpki roots: for services whose certificates
         /// a private authority issued.
         outbound_ca: Maybe<FsPath> = None,
+        /// Longest key of a key-value store, in bytes; a longer one is the
+        /// guest's error.
+        kv_max_key: Bytes<usize> = DEFAULT_KV_MAX_KEY,
+        /// Largest value of a key-value store, in bytes.
+        kv_max_value: Bytes<usize> = DEFAULT_KV_MAX_VALUE,
+        /// Keys one key-value store may hold; a new key past it is the
+        /// guest's error.
+        kv_max_keys: Count<u64> = DEFAULT_KV_MAX_KEYS,
+        /// Keys one list-keys call gives, and one batch takes, at most.
+        kv_page: Count<usize> = DEFAULT_KV_PAGE,
+        /// Seconds one key-value operation may take before the guest gets
+        /// an error.
+        kv_timeout: Secs = DEFAULT_KV_TIMEOUT,
     }
 
     /// A route's own limits (`--route /api=api.wasm,guest-timeout=5`); each
@@ -337,6 +382,27 @@ settings! {
         /// and link-local addresses need an entry naming them. A route's
         /// own list replaces the server's.
         allow_outbound: Patterns = AllowList::default(),
+        /// Key-value stores (--kv-store) guests may open, by name; the first
+        /// is the one a guest opening the bucket "" gets. Repeatable. None
+        /// (the default) denies every store. A route's own list replaces
+        /// the server's.
+        allow_kv: StoreNames = Grants::default(),
+        /// A value guests read through wasi:config/store: KEY=VALUE.
+        /// Repeatable. A route's own list replaces the server's.
+        config_var: ConfigVars = ConfigValues::default(),
+    }
+}
+
+impl Limits {
+    /// The limits every key-value operation is held to.
+    pub fn kv(&self) -> KvLimits {
+        KvLimits {
+            max_key: self.kv_max_key,
+            max_value: self.kv_max_value,
+            max_keys: self.kv_max_keys,
+            page: self.kv_page,
+            timeout: self.kv_timeout,
+        }
     }
 }
 

@@ -26,6 +26,8 @@
 //! - [`outbound`]: the requests guests send, under the operator's
 //!   allow-list: checked, resolved and connected by the host.
 //! - [`metrics`]: counters and gauges, encoded for Prometheus.
+//! - [`state`]: what guests keep: key-value stores (SQLite, memory)
+//!   granted by route, and `wasi:config` values.
 //! - [`proto`]: the front ends (HTTP/1.1: parse, connection loop, bodies,
 //!   WebSocket upgrades; HTTP/2 through hyper) and the host's own small
 //!   endpoints (metrics and probes, the redirect to https).
@@ -43,6 +45,7 @@ pub mod outbound;
 pub mod proto;
 pub mod routes;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod wasm;
 pub mod watch;

@@ -38,8 +38,8 @@ struct Args {
 
     /// Set an environment variable for the guest, as `wasmtime serve --env`
     /// does: `NAME=VALUE`, or `NAME` alone to pass on this process's
-    /// value. Repeatable. The built-in guest's variables are listed in the
-    /// README.
+    /// value. Repeatable. The built-in guest's variables are listed in
+    /// docs/static-files.md.
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = guest_env)]
     env: Vec<(String, String)>,
 }
@@ -185,6 +185,8 @@ impl Settings {
             env,
             limits,
             tls,
+            stores: startup.kv_store,
+            data_dir: startup.data_dir,
         })
     }
 }

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::proto::conn::Conn;
 use crate::proto::h2;
 use crate::routes::Routes;
+use crate::state::{StateError, Stores};
 use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest, Origin};
 use crate::wasm::engine::Engines;
@@ -61,6 +62,9 @@ pub enum StartError {
     /// The TLS certificate or key cannot be used.
     #[error(transparent)]
     Tls(TlsError),
+    /// A key-value store could not be opened, or a grant names none.
+    #[error(transparent)]
+    State(StateError),
     /// `wasmhttpd compile` was given no cache to fill.
     #[error("compiling ahead fills the compiled-component cache: give --cache-dir, not --no-cache")]
     NoCache,
@@ -117,7 +121,8 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
             config.env,
             &config.limits,
             cache.clone(),
-            Arc::new(Metrics::new()),
+            // Compiling opens no store: nothing is written but the cache.
+            Arc::new(Stores::closed(Arc::new(Metrics::new()))),
         )
         .map_err(StartError::Tls)?,
     );
@@ -327,6 +332,20 @@ impl Server {
             )),
             None => None,
         };
+        let grants = std::iter::once(&config.limits.allow_kv).chain(
+            config
+                .routes
+                .iter()
+                .filter_map(|route| route.limits.allow_kv.as_ref()),
+        );
+        let stores = Stores::open(
+            &config.stores,
+            grants,
+            config.data_dir.as_deref(),
+            config.limits.kv(),
+            metrics.clone(),
+        )
+        .map_err(StartError::State)?;
         let guests = Arc::new(
             GuestContext::new(
                 Arc::new(engines),
@@ -334,7 +353,7 @@ impl Server {
                 config.env,
                 &config.limits,
                 CompiledCache::new(config.cache_dir),
-                metrics.clone(),
+                Arc::new(stores),
             )
             .map_err(StartError::Tls)?,
         );

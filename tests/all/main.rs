@@ -18,6 +18,7 @@ mod guest_faults;
 mod guest_settings;
 mod h2;
 mod http1;
+mod kv;
 mod long_connections;
 mod many;
 mod metrics;

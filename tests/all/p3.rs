@@ -497,7 +497,8 @@ fn a_live_swap_between_p2_and_p3_fails_no_request() {
 fn the_p3_guest_gives_the_same_responses_under_wasmtime_serve() {
     let root = demo_root();
     let component = std::fs::read(p3_guest()).unwrap();
-    let Some((theirs, _dir)) = crate::cli::start_wasmtime_serve_with(&component, &root, &[], &[])
+    let Some((theirs, _dir)) =
+        crate::cli::start_wasmtime_serve_with(&component, &root, &["-S", "keyvalue"], &[])
     else {
         return;
     };
@@ -535,4 +536,25 @@ fn the_p3_guest_gives_the_same_responses_under_wasmtime_serve() {
         assert!(body == upload, "{addr}: the echo differs");
         assert_eq!(get(addr, "/trap").status, 500, "{addr}");
     }
+}
+
+#[test]
+fn a_p3_guest_keeps_state_in_a_granted_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(Config {
+        limits: Limits {
+            allow_kv: wasmhttpd::state::Grants(vec!["default".to_owned()]),
+            ..test_limits()
+        },
+        data_dir: Some(dir.path().to_owned()),
+        ..Config::new(demo_root()).with_guest(GuestSource::File(p3_guest()))
+    });
+    for expected in 1..=3 {
+        let response = get(server.addr, "/kv-incr?key=visits");
+        assert_eq!(response.text(), format!("value {expected}\n"));
+    }
+    // Without a grant the same guest is refused.
+    let denied = p3_server(test_limits(), &[]);
+    let response = get(denied.addr, "/kv-incr?key=visits");
+    assert_eq!(response.text(), "error Error::AccessDenied\n");
 }

@@ -48,6 +48,11 @@ pub fn plain_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_PLAIN_GUEST"))
 }
 
+/// The key-value test guest (`tests/guests/kv`) built by `host/build.rs`.
+pub fn kv_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_KV_GUEST"))
+}
+
 /// The WASIp3 test guest (`tests/guests/p3`) built by `host/build.rs`.
 pub fn p3_guest() -> PathBuf {
     PathBuf::from(env!("WASMHTTPD_P3_GUEST"))

@@ -190,6 +190,8 @@ impl Guest {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
         crate::outbound::add_to_linker(&mut linker).map_err(invalid)?;
+        crate::state::keyvalue::add_to_linker(&mut linker, GuestState::kv).map_err(invalid)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, GuestState::config).map_err(invalid)?;
         if wasi == Wasi::P3 {
             wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(invalid)?;
             wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(invalid)?;

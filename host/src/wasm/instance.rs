@@ -5,7 +5,7 @@
 //! one deadline of every call into a guest ([`within`]), and how a fault
 //! is told and counted ([`GuestError`], [`classify`], [`FaultOnce`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,6 +26,9 @@ use super::output::{GuestOutput, Stream};
 use crate::config::{Limits, RouteLimits};
 use crate::metrics::{Fault, Metrics, Open};
 use crate::outbound::{Hooks, Outbound};
+use crate::state::keyvalue::{KvCtx, KvView};
+use crate::state::{ConfigValues, Granted, Stores};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 /// A request's body as a guest reads it.
 pub type RequestBody = WasiBody;
@@ -106,23 +109,33 @@ pub struct GuestContext {
     max_websockets: usize,
     /// Where the guests may send requests, and the host's limits on them.
     outbound: Arc<Outbound>,
+    /// Every key-value store, for a route's own grants.
+    stores: Arc<Stores>,
+    /// The key-value stores the guests may open.
+    kv: Arc<Granted>,
+    /// What the guests read through `wasi:config/store`.
+    config: Arc<WasiConfigVariables>,
     /// The server's metrics.
     pub(crate) metrics: Arc<Metrics>,
 }
 
 impl GuestContext {
-    /// A context whose instances get `root` preopened read-only at `/`
-    /// and `env` as their environment; fails when the authorities of
-    /// `--outbound-ca` cannot be used.
+    /// A context whose instances get `root` preopened read-only at `/`,
+    /// `env` as their environment and the `stores` the limits grant; fails
+    /// when the authorities of `--outbound-ca` cannot be used.
     pub fn new(
         engines: Arc<Engines>,
         root: PathBuf,
         env: Vec<(String, String)>,
         limits: &Limits,
         cache: CompiledCache,
-        metrics: Arc<Metrics>,
+        stores: Arc<Stores>,
     ) -> Result<Self, crate::tls::TlsError> {
+        let metrics = stores.metrics().clone();
         Ok(GuestContext {
+            kv: stores.granted(&limits.allow_kv),
+            config: Arc::new(config_values(&limits.config_var)),
+            stores,
             engines,
             root,
             env,
@@ -173,6 +186,15 @@ impl GuestContext {
                 Some(allow) => Arc::new(self.outbound.with_list(allow.clone())),
                 None => self.outbound.clone(),
             },
+            kv: match &limits.allow_kv {
+                Some(grants) => self.stores.granted(grants),
+                None => self.kv.clone(),
+            },
+            config: match &limits.config_var {
+                Some(values) => Arc::new(config_values(values)),
+                None => self.config.clone(),
+            },
+            stores: self.stores.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -228,13 +250,7 @@ impl GuestContext {
         lifted: Arc<AtomicBool>,
         id: u64,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let live = self.metrics.instance();
-        let request = Arc::new(AtomicU64::new(id));
-        let hooks = self.outbound.hooks(request.clone());
-        let mut state = GuestState::new(
-            &self.root, &self.env, deadline, lifted, request, hooks, live,
-        )?;
-        state.limits = MemoryCap::new(self.memory);
+        let state = GuestState::new(self, deadline, lifted, id)?;
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -345,42 +361,63 @@ pub(crate) struct GuestState {
     pub(crate) request: Arc<AtomicU64>,
     /// What the host does for the guest's outgoing requests.
     hooks: Hooks,
+    /// The key-value stores the guest may open.
+    kv: KvCtx,
+    /// What the guest reads through `wasi:config/store`.
+    config: Arc<WasiConfigVariables>,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
 
 impl GuestState {
+    /// The state of an instance of `ctx` serving request `id`.
     fn new(
-        root: &Path,
-        env: &[(String, String)],
+        ctx: &GuestContext,
         deadline: Instant,
         lifted: Arc<AtomicBool>,
-        request: Arc<AtomicU64>,
-        hooks: Hooks,
-        live: Open,
+        id: u64,
     ) -> wasmtime::Result<Self> {
+        let request = Arc::new(AtomicU64::new(id));
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestOutput::new(Stream::Stdout, request.clone()))
             .stderr(GuestOutput::new(Stream::Stderr, request.clone()))
-            .envs(env)
+            .envs(&ctx.env)
             // File operations run on the worker thread instead of a hop to
             // tokio's blocking pool and back: a web root is read from the
             // page cache in microseconds, and the hop (two thread wake-ups
             // per open, stat and read) cost more than the work.
             .allow_blocking_current_thread(true)
-            .preopened_dir(root, "/", FsPerms::ReadOnly)?;
+            .preopened_dir(&ctx.root, "/", FsPerms::ReadOnly)?;
         Ok(GuestState {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             deadline,
             lifted,
-            limits: MemoryCap::new(usize::MAX),
+            limits: MemoryCap::new(ctx.memory),
+            hooks: ctx.outbound.hooks(request.clone()),
+            kv: KvCtx::new(ctx.kv.clone(), request.clone()),
+            config: ctx.config.clone(),
             request,
-            hooks,
-            _live: live,
+            _live: ctx.metrics.instance(),
         })
     }
+
+    /// The view the key-value bindings call into.
+    pub(super) fn kv(&mut self) -> KvView<'_> {
+        KvView::new(&self.kv, &mut self.table)
+    }
+
+    /// The view the `wasi:config` bindings call into.
+    pub(super) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.config)
+    }
+}
+
+/// The values of `--config-var` as `wasi:config` serves them; a key given
+/// twice has its last value.
+fn config_values(values: &ConfigValues) -> WasiConfigVariables {
+    values.0.iter().cloned().collect()
 }
 
 impl GuestState {

@@ -37,6 +37,17 @@ use wasip3::http::types::{ErrorCode, Fields, Method, Request, Response, Scheme};
 use wasip3::wit_bindgen::{self, StreamResult};
 use wasip3::{wit_future, wit_stream};
 
+/// `wasi:keyvalue@0.2.0-draft`, as `wasmtime serve -S keyvalue` links it.
+#[allow(missing_docs, unsafe_code)]
+mod keyvalue {
+    wasip3::wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "wasmhttpd:guest/keyvalue-draft",
+        runtime_path: "wasip3::wit_bindgen::rt",
+        generate_all,
+    });
+}
+
 struct Component;
 
 // The generated export glue is `unsafe` FFI; the handler itself is safe code.
@@ -142,6 +153,14 @@ impl wasip3::exports::http::handler::Guest for Component {
                 Ok(text(200, "ok"))
             }
             "/error" => Err(ErrorCode::InternalError(Some("asked for".to_owned()))),
+            "/kv-incr" => {
+                use keyvalue::wasi::keyvalue0_2_0_draft::{atomics, store};
+                let key = query_value(query, "key").unwrap_or("count");
+                let answer = store::open("")
+                    .and_then(|bucket| atomics::increment(&bucket, key, 1))
+                    .map_or_else(|err| format!("error {err:?}"), |n| format!("value {n}"));
+                Ok(text(200, &answer))
+            }
             "/fetch" => Ok(fetch(query_value(query, "url").unwrap_or_default()).await),
             "/first-part" => {
                 let url = query_value(query, "url").unwrap_or_default().to_owned();
