@@ -273,9 +273,10 @@ settings! {
         /// 308 to the same URL on https; needs --tls-cert.
         http_redirect: Maybe<Addr> = None,
         /// Declare a key-value store guests may be granted: NAME=sqlite (a
-        /// database in --data-dir), NAME=sqlite:FILE or NAME=memory (gone
-        /// when the server stops). Repeatable. A store named default,
-        /// SQLite, is declared unless given here.
+        /// database in --data-dir), NAME=sqlite:FILE,
+        /// NAME=redis://HOST[:PORT][/DB] (shared by replicas) or
+        /// NAME=memory (gone when the server stops). Repeatable. A store
+        /// named default, SQLite, is declared unless given here.
         kv_store: StoreList = Vec::new(),
         /// Directory of the SQLite key-value stores [default: the user's
         /// data directory, e.g. ~/.local/share/wasmhttpd].

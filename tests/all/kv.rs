@@ -42,14 +42,102 @@ fn ask_at(addr: std::net::SocketAddr, target: &str) -> String {
     response.text()
 }
 
-/// Every backend, each in a fresh data directory.
-const BACKENDS: [&str; 2] = ["sqlite", "memory"];
+/// A backend of a test: what `--kv-store NAME=` takes, and the Redis
+/// server it runs on, if any.
+struct Backend {
+    spec: String,
+    _redis: Option<RedisServer>,
+}
+
+impl Backend {
+    /// The declaration of the store `name` on this backend.
+    fn store(&self, name: &str) -> String {
+        format!("{name}={}", self.spec)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.spec)
+    }
+}
+
+/// Every backend: SQLite (in the test's data directory), memory, and a
+/// Redis server of the test's own (outside CI, only where
+/// `redis-server` is installed).
+fn backends() -> Vec<Backend> {
+    let mut all: Vec<Backend> = ["sqlite", "memory"]
+        .into_iter()
+        .map(|spec| Backend {
+            spec: spec.to_owned(),
+            _redis: None,
+        })
+        .collect();
+    if let Some(redis) = RedisServer::start() {
+        all.push(Backend {
+            spec: redis.url(),
+            _redis: Some(redis),
+        });
+    }
+    all
+}
+
+/// A real `redis-server` on a free loopback port, without persistence,
+/// stopped when dropped.
+pub(crate) struct RedisServer {
+    pub(crate) port: u16,
+    process: Option<crate::process::Group>,
+}
+
+impl RedisServer {
+    /// A new server, or `None` (the test skipped) without `redis-server`
+    /// outside CI.
+    pub(crate) fn start() -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = RedisServer {
+            port,
+            process: None,
+        };
+        redis.restart()?;
+        Some(redis)
+    }
+
+    /// Starts it again on its port (after [`RedisServer::stop`]).
+    pub(crate) fn restart(&mut self) -> Option<()> {
+        let binary = crate::support::required_tool("redis-server", "apt-get install redis-server")?;
+        let process = crate::process::Group::spawn(
+            std::process::Command::new(binary)
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null()),
+        );
+        let port = self.port;
+        crate::support::eventually("redis-server accepts connections", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        self.process = Some(process);
+        Some(())
+    }
+
+    /// Kills it, as a crash would.
+    pub(crate) fn stop(&mut self) {
+        self.process = None;
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
 
 #[test]
 fn every_operation_round_trips_through_both_versions_on_every_backend() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = format!("data={backend}");
+        let spec = backend.store("data");
         let server = server(
             dir.path(),
             &[&spec],
@@ -106,8 +194,10 @@ fn every_operation_round_trips_through_both_versions_on_every_backend() {
 }
 
 /// Lists every key of the store `data` a page at a time through
-/// `version`, checking that no key comes twice.
-fn list_all(server: &TestServer, version: &str) -> Vec<String> {
+/// `version`, checking that no key comes twice and, where the backend
+/// can hold it (`exact`; Redis's `SCAN` takes the page as a hint), that
+/// no page holds more than `--kv-page` keys.
+fn list_all(server: &TestServer, version: &str, exact: bool) -> Vec<String> {
     let mut keys = Vec::new();
     let mut cursor = String::new();
     for _ in 0..100 {
@@ -125,7 +215,7 @@ fn list_all(server: &TestServer, version: &str) -> Vec<String> {
             .map(str::to_owned)
             .collect();
         assert!(
-            page.len() <= 10,
+            !exact || page.len() <= 10,
             "a page holds --kv-page keys at most: {answer}"
         );
         for key in page {
@@ -143,9 +233,9 @@ fn list_all(server: &TestServer, version: &str) -> Vec<String> {
 
 #[test]
 fn list_keys_pages_through_every_key_once_with_either_cursor() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = format!("data={backend}");
+        let spec = backend.store("data");
         let server = server(
             dir.path(),
             &[&spec],
@@ -163,8 +253,9 @@ fn list_keys_pages_through_every_key_once_with_either_cursor() {
             );
         }
         wanted.sort();
-        assert_eq!(list_all(&server, "draft"), wanted, "{backend}");
-        assert_eq!(list_all(&server, "draft2"), wanted, "{backend}");
+        let exact = backend._redis.is_none();
+        assert_eq!(list_all(&server, "draft", exact), wanted, "{backend}");
+        assert_eq!(list_all(&server, "draft2", exact), wanted, "{backend}");
         let answer = ask(&server, "/draft2/list?store=data&cursor=not-a-cursor");
         assert!(answer.starts_with("error Error::Other"), "{answer}");
     }
@@ -172,9 +263,9 @@ fn list_keys_pages_through_every_key_once_with_either_cursor() {
 
 #[test]
 fn a_counter_written_through_one_version_reads_back_through_the_other() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = format!("data={backend}");
+        let spec = backend.store("data");
         let server = server(dir.path(), &[&spec], &["data"], test_limits());
         let at = |target: &str| ask(&server, &format!("{target}&store=data&key=n"));
         assert_eq!(at("/draft/incr?by=5"), "value 5", "{backend}");
@@ -202,9 +293,9 @@ fn a_counter_written_through_one_version_reads_back_through_the_other() {
 fn increments_from_many_connections_add_up_exactly() {
     const CLIENTS: usize = 8;
     const EACH: usize = 25;
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = format!("data={backend}");
+        let spec = backend.store("data");
         let server = Arc::new(server(dir.path(), &[&spec], &["data"], test_limits()));
         let clients: Vec<_> = (0..CLIENTS)
             .map(|client| {
@@ -329,9 +420,9 @@ fn server_with_no_grant(dir: &Path) -> TestServer {
 
 #[test]
 fn two_stores_never_see_each_others_keys() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let (one, two) = (format!("one={backend}"), format!("two={backend}"));
+        let (one, two) = (backend.store("one"), backend.store("two"));
         let server = server(dir.path(), &[&one, &two], &["one", "two"], test_limits());
         assert_eq!(ask(&server, "/draft/set?store=one&key=k&value=first"), "ok");
         assert_eq!(
@@ -358,9 +449,9 @@ fn two_stores_never_see_each_others_keys() {
 
 #[test]
 fn each_limit_is_the_guests_error_and_the_server_keeps_serving() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = format!("data={backend}");
+        let spec = backend.store("data");
         let server = server(
             dir.path(),
             &[&spec],
@@ -596,5 +687,119 @@ fn a_data_directory_that_cannot_be_made_is_a_start_up_error_naming_the_flag() {
     assert!(
         stderr.contains("--allow-kv grants store \"sessions\", which no --kv-store declares"),
         "{stderr}"
+    );
+}
+
+/// The binary serving the kv guest with the store `shared` on `redis`,
+/// granted, logging at `info`.
+fn redis_replica(redis: &RedisServer) -> crate::process::Running {
+    crate::process::start(
+        crate::process::wasmhttpd()
+            .env("RUST_LOG", "info")
+            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .arg("--root")
+            .arg(demo_root())
+            .arg("--guest")
+            .arg(kv_guest())
+            .arg("--kv-store")
+            .arg(format!("shared={}", redis.url()))
+            .args(["--allow-kv", "shared"]),
+        "listening on http://",
+    )
+}
+
+#[test]
+fn a_redis_outage_is_the_guests_error_logged_once_and_service_resumes_after() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let server = redis_replica(&redis);
+    let incr = "/draft2/incr?store=shared&key=n&by=1";
+    assert_eq!(ask_at(server.addr, incr), "value 1");
+
+    redis.stop();
+    for _ in 0..3 {
+        let answer = ask_at(server.addr, incr);
+        assert!(
+            answer.starts_with("error Error::Other(\"the store is unavailable"),
+            "{answer}"
+        );
+    }
+    // Everything else is served as before.
+    assert_eq!(ask_at(server.addr, "/config?key=any"), "config none");
+
+    redis.restart().unwrap();
+    crate::support::eventually("the store answers again", || {
+        try_ask(server.addr, incr).is_some_and(|answer| answer.starts_with("value "))
+    });
+    let lines = server.logs_until("key-value store answers again");
+    let outages = lines
+        .iter()
+        .filter(|line| line.contains("key-value store unavailable"))
+        .count();
+    assert_eq!(outages, 1, "one log line for the outage: {lines:#?}");
+}
+
+#[test]
+fn an_unreachable_redis_at_start_is_a_start_up_error_naming_the_store() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = crate::process::wasmhttpd()
+        .args(["--listen", "127.0.0.1:0", "--root"])
+        .arg(demo_root())
+        .arg("--kv-store")
+        .arg(format!("shared=redis://127.0.0.1:{port}"))
+        .args(["--allow-kv", "shared"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach Redis at redis://127.0.0.1:{port} for key-value store shared"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--kv-store shared=redis://"), "{stderr}");
+}
+
+#[test]
+fn replicas_behind_nginx_with_one_redis_share_one_counter() {
+    let Some(nginx) = crate::support::required_tool("nginx", "apt-get install nginx-light") else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let replicas: Vec<_> = (0..3).map(|_| redis_replica(&redis)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: Vec<_> = replicas.iter().map(|replica| replica.addr).collect();
+    let front = crate::many::Nginx::in_front_of(&nginx, &addrs, dir.path());
+    const TIMES: usize = 60;
+    for i in 1..=TIMES {
+        assert_eq!(
+            ask_at(front.addr, "/draft/incr?store=&key=visits&by=1"),
+            format!("value {i}")
+        );
+    }
+    // Every replica took part, and they counted as one.
+    for replica in &replicas {
+        let metrics = exchange_at(
+            replica.metrics_addr(),
+            b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+        )
+        .text();
+        let served = value(
+            &metrics,
+            "wasmhttpd_kv_operations_total{store=\"shared\",op=\"increment\",result=\"ok\"}",
+        );
+        assert!(served > 0.0, "{metrics}");
+    }
+    assert_eq!(
+        ask_at(replicas[0].addr, "/draft2/get?store=shared&key=visits"),
+        format!("value {TIMES}")
     );
 }

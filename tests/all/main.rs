@@ -20,7 +20,7 @@ mod h2;
 mod http1;
 mod kv;
 mod long_connections;
-mod many;
+pub(crate) mod many;
 mod metrics;
 mod outbound;
 mod p3;

@@ -230,16 +230,16 @@ fn a_new_process_takes_over_a_shared_port_without_a_failed_request() {
 }
 
 /// nginx, run in the foreground on a configuration of the test's own.
-struct Nginx {
+pub(crate) struct Nginx {
     /// Its master process, whose group its workers share.
     process: Group,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Nginx {
     /// nginx with `deploy/nginx/wasmhttpd.conf` in its `http` block, its
     /// addresses replaced by `replicas` and a free port of its own.
-    fn in_front_of(nginx: &Path, replicas: &[SocketAddr], dir: &Path) -> Nginx {
+    pub(crate) fn in_front_of(nginx: &Path, replicas: &[SocketAddr], dir: &Path) -> Nginx {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nginx/wasmhttpd.conf");
         let mut site = std::fs::read_to_string(example).unwrap();
         for (i, replica) in replicas.iter().enumerate() {

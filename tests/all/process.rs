@@ -168,6 +168,26 @@ impl Running {
             }
         }
     }
+
+    /// Waits for a stderr line containing `text`; returns it and every
+    /// line before it that was not looked at yet.
+    pub fn logs_until(&self, text: &str) -> Vec<String> {
+        let mut lines = std::mem::take(&mut *self.early.borrow_mut());
+        let deadline = Instant::now() + support::CLIENT_TIMEOUT;
+        while !lines.last().is_some_and(|line| line.contains(text)) {
+            if let Some(at) = lines.iter().position(|line| line.contains(text)) {
+                let rest = lines.split_off(at + 1);
+                self.early.borrow_mut().extend(rest);
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => lines.push(line),
+                Err(_) => panic!("no log line with {text:?}: {lines:?}"),
+            }
+        }
+        lines
+    }
 }
 
 /// The binary, logging warnings, with its cache in the build tree.

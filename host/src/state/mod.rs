@@ -6,9 +6,10 @@
 //! (`--config-var KEY=VALUE`), never the host's own environment.
 //!
 //! Backends: SQLite ([`sqlite`], the default: a store named `default` in
-//! `--data-dir`, with no set-up) and in-memory ([`memory`]). A store's
-//! keys are its own: each SQLite store is a database file of its own,
-//! each memory store a map of its own.
+//! `--data-dir`, with no set-up), Redis ([`redis`], for replicas that
+//! share state) and in-memory ([`memory`]). A store's keys are its own:
+//! each SQLite store is a database file of its own, each Redis store a
+//! key prefix of its own, each memory store a map of its own.
 //!
 //! Bucket names: `""` opens the route's first granted store (what
 //! guests written for `wasmtime serve` and wasmCloud open), any other name
@@ -19,6 +20,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tracing::info;
@@ -30,6 +32,7 @@ use crate::metrics::Metrics;
 pub mod backend;
 pub mod keyvalue;
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use backend::{Backend, KvError, KvResult};
@@ -55,6 +58,9 @@ pub enum BackendSpec {
     Sqlite(Option<PathBuf>),
     /// A map in the server's memory, gone when it stops.
     Memory,
+    /// Keys under the store's prefix on the Redis server at this URL
+    /// (`redis://[USER:PASSWORD@]HOST[:PORT][/DB]`).
+    Redis(String),
 }
 
 impl std::str::FromStr for StoreSpec {
@@ -62,17 +68,21 @@ impl std::str::FromStr for StoreSpec {
 
     fn from_str(text: &str) -> Result<StoreSpec, String> {
         let (name, backend) = text.split_once('=').ok_or_else(|| {
-            format!("expected NAME=BACKEND (sqlite, sqlite:FILE or memory), not {text:?}")
+            format!(
+                "expected NAME=BACKEND (sqlite, sqlite:FILE, redis://HOST[:PORT][/DB] or \
+                 memory), not {text:?}"
+            )
         })?;
         check_name(name)?;
         let backend = match backend {
             "sqlite" => BackendSpec::Sqlite(None),
             "memory" => BackendSpec::Memory,
+            url if url.starts_with("redis://") => BackendSpec::Redis(url.to_owned()),
             other => match other.strip_prefix("sqlite:") {
                 Some("") | None => {
                     return Err(format!(
                         "store {name:?}: unknown backend {other:?}: expected sqlite, \
-                         sqlite:FILE or memory"
+                         sqlite:FILE, redis://HOST[:PORT][/DB] or memory"
                     ));
                 }
                 Some(path) => BackendSpec::Sqlite(Some(PathBuf::from(path))),
@@ -320,6 +330,19 @@ pub enum StateError {
         /// What SQLite said.
         source: rusqlite::Error,
     },
+    /// A Redis store's server did not answer at start.
+    #[error(
+        "cannot reach Redis at {url} for key-value store {name}: {source}; start Redis there, \
+         or give --kv-store {name}=redis://HOST:PORT where it runs"
+    )]
+    Redis {
+        /// The store.
+        name: String,
+        /// Its URL, without a password.
+        url: String,
+        /// What the client said.
+        source: ::redis::RedisError,
+    },
     /// A grant names a store nobody declared.
     #[error(
         "--allow-kv grants store {name:?}, which no --kv-store declares (declared: {declared})"
@@ -340,15 +363,21 @@ pub struct Store {
     /// Its name, for logs and metrics.
     pub name: String,
     backend: Box<dyn Backend>,
+    /// Whether its last operation found the backend unavailable: an
+    /// outage is logged when it begins and when it ends, not at every
+    /// operation it fails.
+    down: AtomicBool,
 }
 
-impl Store {
-    /// The store `name` in memory, for tests of the host.
-    pub fn in_memory(name: &str, max_keys: u64) -> Store {
-        Store {
-            name: name.to_owned(),
-            backend: Box::new(memory::Memory::new(max_keys)),
+/// `url` with its password, if any, left out, for logs and errors.
+fn without_password(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, rest)), Some(at)) if at > scheme.len() => {
+            let host = &url[at + 1..];
+            let user = rest.split_once(':').map_or("", |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
         }
+        _ => url.to_owned(),
     }
 }
 
@@ -402,6 +431,17 @@ impl Stores {
         for spec in specs.iter().filter(|spec| wanted.contains(&spec.name)) {
             let backend: Box<dyn Backend> = match &spec.backend {
                 BackendSpec::Memory => Box::new(memory::Memory::new(limits.max_keys)),
+                BackendSpec::Redis(url) => {
+                    let store = redis::Redis::open(&spec.name, url, limits.max_keys).map_err(
+                        |source| StateError::Redis {
+                            name: spec.name.clone(),
+                            url: without_password(url),
+                            source,
+                        },
+                    )?;
+                    info!(store = %spec.name, url = %without_password(url), "opened key-value store (redis)");
+                    Box::new(store)
+                }
                 BackendSpec::Sqlite(file) => {
                     let path = match file {
                         Some(path) => path.clone(),
@@ -434,6 +474,7 @@ impl Stores {
                 Arc::new(Store {
                     name: spec.name.clone(),
                     backend,
+                    down: AtomicBool::new(false),
                 }),
             );
         }
@@ -579,8 +620,27 @@ impl Granted {
             Err(KvError::Unavailable(_)) => "unavailable",
             Err(KvError::Invalid(_)) => "invalid",
         };
-        if let Err(err) = &done {
-            tracing::warn!(target: "wasmhttpd::kv", store = %store.name, op = name, error = %err, "key-value operation failed");
+        match &done {
+            Err(err @ KvError::Unavailable(_)) => {
+                if !store.down.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        target: "wasmhttpd::kv",
+                        store = %store.name,
+                        op = name,
+                        error = %err,
+                        "key-value store unavailable: guests get an error for each operation \
+                         until it answers again"
+                    );
+                }
+            }
+            Err(err) => {
+                tracing::warn!(target: "wasmhttpd::kv", store = %store.name, op = name, error = %err, "key-value operation refused");
+            }
+            Ok(_) => {
+                if store.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(target: "wasmhttpd::kv", store = %store.name, "key-value store answers again");
+                }
+            }
         }
         self.metrics
             .kv(&store.name, name, result, started.elapsed());
