@@ -121,8 +121,11 @@ class Server:
         # request logs are off for all (nginx: access_log off).
         env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LOG")}
         env["RUST_LOG"] = "warn"
+        # Outside the repository, whose wasmhttpd.toml (the demo) a
+        # wasmhttpd started there would read.
         self.process = subprocess.Popen(
-            args, cwd=cwd, env=env, stdout=self.log, stderr=self.log, start_new_session=True
+            args, cwd=cwd or tempfile.gettempdir(), env=env, stdout=self.log, stderr=self.log,
+            start_new_session=True
         )
         try:
             wait_for_port(port, self.process)

@@ -2,8 +2,8 @@
 //!
 //! - `wasmhttpd-guest` (the default static-file guest) is embedded in the
 //!   host as `DEFAULT_GUEST`.
-//! - `wasmhttpd-register-guest` (the demo's form handler, `guests/register`)
-//!   is found by the tests through `WASMHTTPD_REGISTER_GUEST`, and
+//! - `wasmhttpd-accounts-guest` (the demo's accounts, `guests/accounts`)
+//!   is embedded as `ACCOUNTS_GUEST`, the built-in guest `builtin:accounts`;
 //!   `wasmhttpd-gateway-guest` (the example API gateway, `guests/gateway`)
 //!   through `WASMHTTPD_GATEWAY_GUEST`.
 //! - `wasmhttpd-fault-guest` (a guest that loops, traps, or exhausts memory
@@ -31,7 +31,7 @@ mod wasm_target;
 use wasm_target::{Plan, TARGET};
 const GUESTS: [&str; 7] = [
     "wasmhttpd-guest",
-    "wasmhttpd-register-guest",
+    "wasmhttpd-accounts-guest",
     "wasmhttpd-gateway-guest",
     "wasmhttpd-fault-guest",
     "wasmhttpd-plain-guest",
@@ -84,18 +84,20 @@ fn main() {
             .join("release")
             .join(format!("{}.wasm", package.replace('-', "_")))
     };
-    let default_guest = artifact("wasmhttpd-guest");
     std::fs::write(
         out_dir.join("guests.rs"),
         format!(
             "/// The default guest component (static files), built from `guest/`.\n\
-             pub const DEFAULT_GUEST: &[u8] = include_bytes!({:?});\n",
-            default_guest.display().to_string()
+             pub const DEFAULT_GUEST: &[u8] = include_bytes!({:?});\n\
+             /// The demo's accounts guest component, built from `guests/accounts`.\n\
+             pub const ACCOUNTS_GUEST: &[u8] = include_bytes!({:?});\n",
+            artifact("wasmhttpd-guest").display().to_string(),
+            artifact("wasmhttpd-accounts-guest").display().to_string(),
         ),
     )
     .expect("write guests.rs");
     for (variable, package) in [
-        ("WASMHTTPD_REGISTER_GUEST", "wasmhttpd-register-guest"),
+        ("WASMHTTPD_ACCOUNTS_GUEST", "wasmhttpd-accounts-guest"),
         ("WASMHTTPD_GATEWAY_GUEST", "wasmhttpd-gateway-guest"),
         ("WASMHTTPD_FAULT_GUEST", "wasmhttpd-fault-guest"),
         ("WASMHTTPD_PLAIN_GUEST", "wasmhttpd-plain-guest"),

@@ -133,10 +133,38 @@ pub const DEFAULT_KV_TIMEOUT: Duration = Duration::from_secs(5);
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestSource {
-    /// The static-file guest compiled into the host.
+    /// The static-file guest compiled into the host (`builtin:static`).
     Default,
+    /// The demo's accounts guest compiled into the host
+    /// (`builtin:accounts`): register, sign in and out, kept in the
+    /// route's first granted key-value store.
+    Accounts,
     /// A `wasi:http/incoming-handler` component read from this file.
     File(PathBuf),
+}
+
+impl GuestSource {
+    /// The source a route names: `builtin:static`, `builtin:accounts`, or
+    /// a component file.
+    pub fn parse(text: &str) -> Result<GuestSource, String> {
+        match text.strip_prefix("builtin:") {
+            Some("static") => Ok(GuestSource::Default),
+            Some("accounts") => Ok(GuestSource::Accounts),
+            Some(other) => Err(format!(
+                "no built-in guest {other:?}: expected builtin:static or builtin:accounts"
+            )),
+            None => Ok(GuestSource::File(PathBuf::from(text))),
+        }
+    }
+
+    /// Its name in logs.
+    pub fn name(&self) -> String {
+        match self {
+            GuestSource::Default => "default guest".to_owned(),
+            GuestSource::Accounts => "accounts guest".to_owned(),
+            GuestSource::File(path) => path.display().to_string(),
+        }
+    }
 }
 
 /// A component mounted at a path prefix.

@@ -22,6 +22,8 @@ use wasmhttpd::wasm::cache::CompiledCache;
 struct Args {
     /// A TOML file whose keys are these flags' long names (`listen`,
     /// `route = [...]`, `guest-timeout`, ...); flags given here win.
+    /// Without it, `wasmhttpd.toml` in the current directory is read when
+    /// there is one.
     #[arg(long, value_name = "FILE", env = "WASMHTTPD_CONFIG")]
     config: Option<PathBuf>,
 
@@ -48,8 +50,10 @@ struct Args {
 fn route_help() -> String {
     format!(
         "Mount a component at a path prefix: `/api=api.wasm`. Repeatable; the longest \
-         matching prefix serves a request. Reloaded when the file changes. Limits of the \
-         route's own may follow the file, as the flags of the same names take them: \
+         matching prefix serves a request. Reloaded when the file changes. Instead of a file, \
+         `builtin:static` (the static-file guest) or `builtin:accounts` (the demo's accounts, \
+         kept in the route's first granted key-value store). Limits of the route's own may \
+         follow the file, as the flags of the same names take them: \
          `/api=api.wasm,guest-timeout=5,reuse=8` ({}).",
         RouteLimits::keys().join(", ")
     )
@@ -64,9 +68,15 @@ enum LogFormat {
     Json,
 }
 
+/// The configuration file read from the current directory when
+/// `--config` is not given.
+const DEFAULT_CONFIG: &str = "wasmhttpd.toml";
+
 /// Everything the command line, the environment and the configuration
 /// file say, merged.
 struct Settings {
+    /// The configuration file read, if any.
+    config: Option<PathBuf>,
     /// `wasmhttpd compile`: fill the cache and exit.
     compile: bool,
     log_format: LogFormat,
@@ -103,6 +113,7 @@ impl Settings {
         };
         let args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
         let mut settings = Settings {
+            config: None,
             compile,
             log_format: args.log_format,
             startup: Startup::default(),
@@ -110,8 +121,13 @@ impl Settings {
             routes: Vec::new(),
             env: Vec::new(),
         };
-        if let Some(path) = &args.config {
+        let config = args.config.clone().or_else(|| {
+            let here = PathBuf::from(DEFAULT_CONFIG);
+            here.is_file().then_some(here)
+        });
+        if let Some(path) = &config {
             settings.read_file(&ConfigFile::load(path)?)?;
+            settings.config = Some(path.clone());
         }
         settings.startup.read_flags(&matches);
         settings.limits.read_flags(&matches);
@@ -202,7 +218,7 @@ fn route(arg: &str) -> Result<Route, String> {
         return Err(format!("no component file in {arg:?}"));
     }
     let limits = RouteLimits::parse(parts)?;
-    Ok(Route::new(prefix, GuestSource::File(file.into()))?.with_limits(limits))
+    Ok(Route::new(prefix, GuestSource::parse(file)?)?.with_limits(limits))
 }
 
 /// Parses one `--env` argument.
@@ -277,6 +293,9 @@ fn run() -> Result<(), Failure> {
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    if let Some(path) = &settings.config {
+        tracing::info!(config = %path.display(), "read the configuration file");
     }
 
     let listeners = Listeners {

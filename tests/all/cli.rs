@@ -796,14 +796,14 @@ fn a_configuration_file_takes_the_flags_and_the_command_line_wins() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("site")).unwrap();
     std::fs::write(dir.path().join("site/index.html"), "from the file's root").unwrap();
-    std::fs::copy(support::register_guest(), dir.path().join("register.wasm")).unwrap();
+    std::fs::copy(support::accounts_guest(), dir.path().join("accounts.wasm")).unwrap();
     let file = dir.path().join("wasmhttpd.toml");
     std::fs::write(
         &file,
         r#"
 listen = "127.0.0.1:1"
 root = "site"
-route = ["/register=register.wasm"]
+route = ["/register=accounts.wasm"]
 env = ["WASMHTTPD_CACHE_CONTROL=max-age=5"]
 no-cache = true
 max-requests-per-connection = 2

@@ -7,6 +7,7 @@
 mod process;
 mod support;
 
+mod accounts;
 mod bench;
 mod browser;
 mod build_check;
@@ -18,7 +19,7 @@ mod guest_faults;
 mod guest_settings;
 mod h2;
 mod http1;
-mod kv;
+pub(crate) mod kv;
 mod long_connections;
 pub(crate) mod many;
 mod metrics;

@@ -33,9 +33,9 @@ pub fn test_limits() -> Limits {
     }
 }
 
-/// The demo's form guest (`guests/register`) built by `host/build.rs`.
-pub fn register_guest() -> PathBuf {
-    PathBuf::from(env!("WASMHTTPD_REGISTER_GUEST"))
+/// The demo's accounts guest (`guests/accounts`) built by `host/build.rs`.
+pub fn accounts_guest() -> PathBuf {
+    PathBuf::from(env!("WASMHTTPD_ACCOUNTS_GUEST"))
 }
 
 /// The example gateway guest (`guests/gateway`) built by `host/build.rs`.

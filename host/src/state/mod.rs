@@ -432,13 +432,14 @@ impl Stores {
             let backend: Box<dyn Backend> = match &spec.backend {
                 BackendSpec::Memory => Box::new(memory::Memory::new(limits.max_keys)),
                 BackendSpec::Redis(url) => {
-                    let store = redis::Redis::open(&spec.name, url, limits.max_keys).map_err(
-                        |source| StateError::Redis {
-                            name: spec.name.clone(),
-                            url: without_password(url),
-                            source,
-                        },
-                    )?;
+                    let store =
+                        redis::Redis::open(&spec.name, url, limits.max_keys).map_err(|source| {
+                            StateError::Redis {
+                                name: spec.name.clone(),
+                                url: without_password(url),
+                                source,
+                            }
+                        })?;
                     info!(store = %spec.name, url = %without_password(url), "opened key-value store (redis)");
                     Box::new(store)
                 }

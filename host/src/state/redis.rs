@@ -182,7 +182,9 @@ fn failed(err: redis::RedisError) -> KvError {
                 .to_owned(),
         )
     } else if text.contains("not an integer") || text.contains("overflow") {
-        KvError::Invalid(format!("the value is not a counter that can take this: {text}"))
+        KvError::Invalid(format!(
+            "the value is not a counter that can take this: {text}"
+        ))
     } else {
         KvError::Unavailable(text)
     }

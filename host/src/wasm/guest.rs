@@ -146,7 +146,8 @@ impl GuestSource {
     /// A name for logs, and the component's bytes.
     pub fn read(&self) -> Result<(String, Vec<u8>), LoadError> {
         match self {
-            GuestSource::Default => Ok(("default guest".to_owned(), crate::DEFAULT_GUEST.to_vec())),
+            GuestSource::Default => Ok((self.name(), crate::DEFAULT_GUEST.to_vec())),
+            GuestSource::Accounts => Ok((self.name(), crate::ACCOUNTS_GUEST.to_vec())),
             GuestSource::File(path) => Ok((
                 path.display().to_string(),
                 std::fs::read(path).map_err(|source| LoadError::Read {

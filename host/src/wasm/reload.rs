@@ -173,10 +173,7 @@ impl GuestSlot {
     }
 
     fn name(&self) -> String {
-        match &self.source {
-            GuestSource::Default => "default guest".to_owned(),
-            GuestSource::File(path) => path.display().to_string(),
-        }
+        self.source.name()
     }
 }
 
@@ -184,7 +181,7 @@ impl Reload for GuestSlot {
     fn files(&self) -> Vec<PathBuf> {
         match &self.source {
             GuestSource::File(path) => vec![path.clone()],
-            GuestSource::Default => Vec::new(),
+            GuestSource::Default | GuestSource::Accounts => Vec::new(),
         }
     }
 
