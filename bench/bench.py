@@ -27,6 +27,12 @@ read), reused, the cheapest request the host can serve through a guest:
 what it reaches is the ceiling of any guest, and the report sets it
 against the targets of those cases.
 
+With the key-value test guest (tests/guests/kv), reused, it loads
+wasmhttpd on a counter increment on one hot key and on reads of random
+keys, with a SQLite store and, when redis-server is installed, a Redis
+one, beside the empty guest: what a key-value operation adds to the
+cheapest request.
+
     python3 bench/bench.py [--duration 10] [--rounds 3] [--connections 64] [--only CASE ...]
 
 `--no-build --wasmhttpd PATH --guest PATH` runs given binaries instead (the
@@ -55,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_guest.wasm"
 P3_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_p3_guest.wasm"
 EMPTY_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_fault_guest.wasm"
+KV_GUEST = REPO / "target/wasm32-wasip2/release/wasmhttpd_kv_guest.wasm"
 WASMHTTPD = REPO / "target/release/wasmhttpd"
 # Requests a reused instance serves: enough that instantiation is rare.
 REUSE = 1000
@@ -79,6 +86,26 @@ P3_CASES = [
     ("p3", "/ok", None, []),
     ("p3-wait", "/sleep?ms=1", None, []),
 ]
+# With the key-value test guest, beside the empty guest: name, path,
+# connections, extra wrk args. The reads' keys are random, one of KV_KEYS
+# set before the run (the wrk script KV_SCRIPT picks them).
+KV_CASES = [
+    ("kv-read", "/draft/get?store=&key=k1", None, ["-s", "KV_SCRIPT"]),
+    ("kv-incr", "/draft/incr?store=&key=hot&by=1", None, []),
+]
+KV_KEYS = 1000
+KV_SCRIPT = f"""
+math.randomseed(os.time())
+request = function()
+  if string.find(wrk.path, "/draft/get", 1, true) then
+    return wrk.format("GET", "/draft/get?store=&key=k" .. math.random(1, {KV_KEYS}))
+  end
+  return wrk.format("GET", wrk.path)
+end
+"""
+KV_SUFFIX = " (kv guest)"
+KV_SQLITE = f"wasmhttpd --reuse {REUSE}, SQLite{KV_SUFFIX}"
+KV_REDIS = f"wasmhttpd --reuse {REUSE}, Redis{KV_SUFFIX}"
 # The names of the two servers that run the WASIp3 guest.
 P3_SUFFIX = " (p3 guest)"
 P3_OURS = "wasmhttpd" + P3_SUFFIX
@@ -90,6 +117,7 @@ H2_STREAMS = 10
 EMPTY_SUFFIX = " (empty guest)"
 EMPTY_H2 = f"wasmhttpd --reuse {REUSE}{EMPTY_SUFFIX}"
 EMPTY_P2 = f"wasmhttpd --reuse {REUSE}, WASIp2{EMPTY_SUFFIX}"
+EMPTY_KV = f"wasmhttpd --reuse {REUSE}, beside the stores{EMPTY_SUFFIX}"
 
 
 def free_port():
@@ -307,7 +335,7 @@ def build():
     subprocess.run(["cargo", "build", "--release", "-p", "wasmhttpd"], cwd=REPO, check=True)
     subprocess.run(
         ["cargo", "build", "--release", "-p", "wasmhttpd-guest", "-p", "wasmhttpd-p3-guest",
-         "-p", "wasmhttpd-fault-guest", "--target", "wasm32-wasip2"],
+         "-p", "wasmhttpd-fault-guest", "-p", "wasmhttpd-kv-guest", "--target", "wasm32-wasip2"],
         cwd=REPO, check=True,
     )
 
@@ -327,9 +355,8 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                            "--reuse", str(REUSE)], port))
     port = free_port()
     servers.append(Server("wasmtime serve",
-                          ["wasmtime", "serve", "-S", "cli", "-S", "keyvalue",
-                           "--dir", f"{root}::/", "--addr", f"127.0.0.1:{port}", str(guest)],
-                          port))
+                          ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
+                           "--addr", f"127.0.0.1:{port}", str(guest)], port))
     port = free_port()
     servers.append(Server(f"wasmtime serve --max-instance-reuse-count {REUSE}",
                           ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
@@ -367,6 +394,50 @@ def start_p3_servers(servers, root, wasmhttpd, guest, empty_guest):
                           [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
                            "--guest", str(empty_guest), "--reuse", str(REUSE)], port,
                           paths={"p3": "/ok"}))
+
+
+def start_kv_servers(servers, root, workdir, wasmhttpd, kv_guest, empty_guest, redis_port):
+    """wasmhttpd with the key-value guest, reused, on a SQLite store and
+    (with `redis_port`) a Redis one, each store filled with KV_KEYS keys;
+    and the empty guest, reused, on both cases."""
+    common = ["--root", str(root), "--no-watch", "--no-cache", "--keep-alive-timeout", "60",
+              "--max-requests-per-connection", "1000000", "--reuse", str(REUSE)]
+    stores = [(KV_SQLITE, ["--kv-store", "data=sqlite", "--data-dir", str(workdir / "kv")])]
+    if redis_port:
+        stores.append((KV_REDIS, ["--kv-store", f"data=redis://127.0.0.1:{redis_port}"]))
+    for name, store in stores:
+        port = free_port()
+        servers.append(Server(name, [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                                     "--guest", str(kv_guest), *store, "--allow-kv", "data"],
+                              port, paths={"kv-read": KV_CASES[0][1], "kv-incr": KV_CASES[1][1]}))
+        for i in range(1, KV_KEYS + 1):
+            fetch(port, f"/draft/set?store=&key=k{i}&value=value-{i:06}")
+    port = free_port()
+    servers.append(Server(EMPTY_KV, [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                                     "--guest", str(empty_guest)],
+                          port, paths={"kv-read": "/ok", "kv-incr": "/ok"}))
+
+
+def start_redis(workdir):
+    """A redis-server of the run's own, without persistence: its process
+    and port; None without redis-server."""
+    if not shutil.which("redis-server"):
+        print("bench: the Redis store needs redis-server (apt-get install redis-server); "
+              "left out", file=sys.stderr)
+        return None, None
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, port
+        except OSError:
+            time.sleep(0.05)
+    sys.exit("redis-server never listened")
 
 
 def start_tls_servers(servers, root, workdir, wasmhttpd, empty_guest):
@@ -441,7 +512,7 @@ def main():
                         help="runs of each case per server, interleaved; the median counts")
     parser.add_argument("--only", nargs="*",
                         help="cases to run (small 1mib 404 new-conn idle p3 p3-wait h2 "
-                             "tls-new-conn)")
+                             "tls-new-conn kv-read kv-incr)")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--wasmhttpd", type=Path, default=WASMHTTPD,
                         help="the wasmhttpd binary (default: the release build)")
@@ -453,6 +524,9 @@ def main():
     parser.add_argument("--empty-guest", type=Path, default=EMPTY_GUEST,
                         help="the guest whose /ok is the cheapest request (default: the release "
                              "build of tests/guests/fault)")
+    parser.add_argument("--kv-guest", type=Path, default=KV_GUEST,
+                        help="the key-value test guest's component (default: the release build "
+                             "of tests/guests/kv)")
     parser.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS,
                         help="idle keep-alive connections held open on each server")
     args = parser.parse_args()
@@ -506,6 +580,29 @@ def main():
                 for server in p3_servers:
                     server.stop()
             servers += p3_servers
+        kv_cases = [case for case in KV_CASES if not args.only or case[0] in args.only]
+        if kv_cases:
+            kv_servers = []
+            script = tmp / "kv.lua"
+            script.write_text(KV_SCRIPT)
+            redis, redis_port = start_redis(tmp)
+            try:
+                start_kv_servers(kv_servers, root, tmp, args.wasmhttpd, args.kv_guest,
+                                 args.empty_guest, redis_port)
+                results.update(run_cases(
+                    [(name, path, connections,
+                      [str(script) if arg == "KV_SCRIPT" else arg for arg in extra])
+                     for name, path, connections, extra in kv_cases],
+                    kv_servers, args,
+                    lambda port, path, connections, extra: wrk(port, path, connections,
+                                                               args.duration, extra)))
+            finally:
+                for server in kv_servers:
+                    server.stop()
+                if redis:
+                    os.killpg(redis.pid, signal.SIGKILL)
+                    redis.wait()
+            servers += kv_servers
         tls_cases = [case for case in TLS_CASES if not args.only or case[0] in args.only]
         missing = [tool for tool in ["openssl", "h2load"] if not shutil.which(tool)]
         if tls_cases and missing:
@@ -533,7 +630,8 @@ def report(results, idle, servers, args):
     # the empty guest's servers one of ceilings.
     p3 = [n for n in names if n.endswith(P3_SUFFIX)]
     empty = [n for n in names if n.endswith(EMPTY_SUFFIX)]
-    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty]
+    kv = [n for n in names if n.endswith(KV_SUFFIX)]
+    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty + kv]
     peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
           f"{args.connections} connections unless the case says; all servers in one run; "
@@ -548,7 +646,9 @@ def report(results, idle, servers, args):
                  "p3-wait": f"WASIp3 guest, 1 ms wait in the guest ({args.connections} conns)",
                  "h2": f"HTTP/2 over TLS, small file (16 conns × {H2_STREAMS} streams; "
                        "p50: mean)",
-                 "tls-new-conn": "new TLS connection per request (16 conns)"}[case]
+                 "tls-new-conn": "new TLS connection per request (16 conns)",
+                 "kv-read": f"key-value read, random keys ({args.connections} conns)",
+                 "kv-incr": f"key-value increment, one key ({args.connections} conns)"}[case]
         errors = f" ({r['non2xx']} non-2xx)" if r["non2xx"] and case != "404" else ""
         p99 = f"{r['p99']:.2f}" if r["p99"] is not None else "–"
         print(f"| {label} | {server}{errors} | {r['rps']:.0f} | {r['p50']:.2f} | "
@@ -562,7 +662,7 @@ def report(results, idle, servers, args):
             print(f"| {name} | {before:.1f} MiB | {holding:.1f} MiB{note} |")
     print("\nRatios (wasmhttpd ÷ peer; for p99, peer ÷ wasmhttpd, so above 1 is better "
           "for wasmhttpd everywhere):\n")
-    order = [c[0] for c in CASES + P3_CASES + TLS_CASES]
+    order = [c[0] for c in CASES + P3_CASES + TLS_CASES + KV_CASES]
     cases = sorted({case for case, _ in results}, key=order.index)
     print("| case | ours | " + " | ".join(peers) + " |")
     print("|---|---|" + "---:|" * len(peers))
@@ -592,7 +692,25 @@ def report(results, idle, servers, args):
                 print(f"| {case} | {a['rps'] / b['rps']:.2f}× req/s, "
                       f"p99 {b['p99'] / a['p99']:.2f}× |")
     report_ceilings(results)
+    report_kv(results)
     report_targets(results, idle, args.idle_connections)
+
+
+def report_kv(results):
+    """Each store's requests against the empty guest's beside them: what a
+    key-value operation adds to the cheapest request through a guest."""
+    rows = [(case, server) for case, server in results if server.endswith(KV_SUFFIX)]
+    if not rows:
+        return
+    print("\nKey-value (server CPU per request, against the empty guest's in the same run; "
+          "Redis's own CPU is not counted):\n")
+    print("| case | store | req/s | CPU µs/req | × the empty guest's CPU |")
+    print("|---|---|---:|---:|---:|")
+    for case, server in rows:
+        r, empty = results[(case, server)], results.get((case, EMPTY_KV))
+        times = f"{r['cpu_us'] / empty['cpu_us']:.2f}×" if empty else "–"
+        store = server.removesuffix(KV_SUFFIX).split(", ")[-1]
+        print(f"| {case} | {store} | {r['rps']:.0f} | {r['cpu_us']:.0f} | {times} |")
 
 
 def report_ceilings(results):
@@ -646,6 +764,16 @@ def report_targets(results, idle, idle_connections):
          ratio("h2", fresh, "nginx"), lambda x: x >= 0.5),
         ("HTTP/2 over TLS, small file, --reuse: req/s vs nginx", "≥ 0.75×",
          ratio("h2", reuse, "nginx"), lambda x: x >= 0.75),
+    ]
+    def cpu_ratio(case, server):
+        a, b = results.get((case, server)), results.get((case, EMPTY_KV))
+        return a["cpu_us"] / b["cpu_us"] if a and b else None
+
+    checks += [
+        ("key-value read, SQLite: CPU per request vs the empty guest's", "≤ 1.3×",
+         cpu_ratio("kv-read", KV_SQLITE), lambda x: x <= 1.3),
+        ("key-value increment, SQLite: CPU per request vs the empty guest's", "≤ 2×",
+         cpu_ratio("kv-incr", KV_SQLITE), lambda x: x <= 2.0),
     ]
     # p99 at 64 connections: the better of the two ways of running.
     nginx = results.get(("small", "nginx"))

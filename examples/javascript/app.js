@@ -7,9 +7,13 @@
 // | `POST /echo`         | the request body back                         |
 // | `GET /stream?n=N`    | N lines, `piece I`, 50 ms apart, as they come |
 // | `GET /env?name=NAME` | `NAME=VALUE` of the guest's environment       |
+// | `GET /visits`        | `visit N`: a count kept in the key-value store |
+// |                      | the route is granted (the bucket `""`)        |
 // | anything else        | 404                                           |
 
 import { getEnvironment } from 'wasi:cli/environment@0.2.10';
+import { open } from 'wasi:keyvalue/store@0.2.0-draft';
+import { increment } from 'wasi:keyvalue/atomics@0.2.0-draft';
 
 const TEXT = { 'content-type': 'text/plain; charset=utf-8' };
 
@@ -45,6 +49,14 @@ async function handle(request) {
   }
   if (url.pathname === '/stream') {
     return new Response(stream(Number(url.searchParams.get('n') ?? 3)), { headers: TEXT });
+  }
+  if (url.pathname === '/visits') {
+    try {
+      const visits = increment(open(''), 'visits', 1n);
+      return new Response(`visit ${visits}\n`, { headers: TEXT });
+    } catch (err) {
+      return new Response(`no store: ${JSON.stringify(err.payload ?? err)}\n`, { status: 503, headers: TEXT });
+    }
   }
   if (url.pathname === '/env') {
     const name = url.searchParams.get('name') ?? '';

@@ -6,6 +6,8 @@
 | `POST /echo`         | the request body back                         |
 | `GET /stream?n=N`    | N lines, `piece I`, 50 ms apart, as they come |
 | `GET /env?name=NAME` | `NAME=VALUE` of the guest's environment       |
+| `GET /visits`        | `visit N`: a count kept in the key-value store |
+|                      | the route is granted (the bucket `""`)        |
 | anything else        | 404                                           |
 """
 
@@ -13,7 +15,7 @@ import os
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
-from wit_world.imports import monotonic_clock
+from wit_world.imports import atomics, monotonic_clock, store
 from wit_world.imports.streams import StreamError_Closed
 from wit_world.imports.types import (
     Fields,
@@ -38,6 +40,12 @@ class IncomingHandler(exports.IncomingHandler):
             respond(response_out, 200, read_body(request), "application/octet-stream")
         elif path == "/stream":
             stream(response_out, int(params(query).get("n", "3")))
+        elif path == "/visits":
+            try:
+                visits = atomics.increment(store.open(""), "visits", 1)
+                respond(response_out, 200, f"visit {visits}\n".encode())
+            except Err as err:
+                respond(response_out, 503, f"no store: {err.value}\n".encode())
         elif path == "/env":
             name = params(query).get("name", "")
             respond(response_out, 200, f"{name}={os.environ.get(name, '')}\n".encode())

@@ -1,14 +1,15 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
 //! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
 //! guest's, beside `wasmtime serve`; and the empty guest's, for the
-//! ceilings) without errors and lands in each table the script prints.
+//! ceilings; and the key-value guest's, on SQLite and Redis) without
+//! errors and lands in each table the script prints.
 //! The figures themselves are not checked here: they are the script's to
 //! report, on a machine that is not also running tests.
 
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{WASMTIME_INSTALL, fault_guest, p3_guest, required_tool};
+use crate::support::{WASMTIME_INSTALL, fault_guest, kv_guest, p3_guest, required_tool};
 
 /// The servers every run of the script compares (static-web-server joins
 /// them when it is installed).
@@ -29,6 +30,7 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         ("wasmtime", WASMTIME_INSTALL),
         ("openssl", "apt-get install openssl"),
         ("h2load", "apt-get install nghttp2-client"),
+        ("redis-server", "apt-get install redis-server"),
     ];
     let mut found = Vec::new();
     for (tool, install) in tools {
@@ -68,6 +70,8 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "idle",
             "p3",
             "h2",
+            "kv-read",
+            "kv-incr",
             "--idle-connections",
             "200",
         ])
@@ -79,6 +83,8 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         .arg(p3_guest())
         .arg("--empty-guest")
         .arg(fault_guest())
+        .arg("--kv-guest")
+        .arg(kv_guest())
         .output()
         .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -180,7 +186,34 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         let requests: f64 = row(case, server)[2].parse().unwrap();
         assert!(requests > 0.0, "{server}: {requests} req/s\n{stdout}");
     }
+    // The key-value cases: each store, and the empty guest beside them;
+    // the table of what an operation adds.
+    for case in [
+        "key-value read, random keys (4 conns)",
+        "key-value increment, one key (4 conns)",
+    ] {
+        for server in [
+            "wasmhttpd --reuse 1000, SQLite (kv guest)",
+            "wasmhttpd --reuse 1000, Redis (kv guest)",
+            "wasmhttpd --reuse 1000, beside the stores (empty guest)",
+        ] {
+            let requests: f64 = row(case, server)[2].parse().unwrap();
+            assert!(requests > 0.0, "{server}: {requests} req/s\n{stdout}");
+        }
+    }
+    for (case, store) in [
+        ("kv-read", "SQLite"),
+        ("kv-read", "Redis"),
+        ("kv-incr", "SQLite"),
+        ("kv-incr", "Redis"),
+    ] {
+        let line = row(case, store);
+        // case | store | req/s | CPU µs/req | × the empty guest's CPU
+        assert!(line.len() == 5 && line[4].ends_with('×'), "{line:?}");
+    }
     for target in [
+        "key-value read, SQLite: CPU per request vs the empty guest's",
+        "key-value increment, SQLite: CPU per request vs the empty guest's",
         "WASIp3 guest, /ok: req/s vs wasmtime serve",
         "HTTP/2 over TLS, small file: req/s vs nginx",
         "small file, fresh instance: req/s vs wasmtime serve",

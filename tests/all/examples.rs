@@ -67,12 +67,17 @@ impl Language {
     }
 }
 
-/// The example in `language` on `/`, with `GREETING=hi`.
+/// The example in `language` on `/`, with `GREETING=hi` and a store of
+/// its own in memory.
 fn serve(language: Language, limits: Limits) -> Option<TestServer> {
     let component = language.component()?;
     Some(TestServer::start(Config {
         env: vec![("GREETING".to_owned(), "hi".to_owned())],
-        limits,
+        stores: vec!["visits=memory".parse().unwrap()],
+        limits: Limits {
+            allow_kv: wasmhttpd::state::Grants(vec!["visits".to_owned()]),
+            ..limits
+        },
         ..Config::new(support::demo_root()).with_guest(GuestSource::File(component))
     }))
 }
@@ -109,6 +114,17 @@ fn assert_every_route(server: &TestServer, language: Language) {
     assert!(stream.chunked, "streamed without a length");
     assert_eq!(stream.text(), "piece 0\npiece 1\npiece 2\npiece 3\n");
     assert_eq!(server.status("/missing"), 404);
+    // The count outlives each request's instance: it is the store's.
+    for visit in 1..=3 {
+        let counted =
+            server.exchange(b"GET /visits HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(
+            counted.text(),
+            format!("visit {visit}\n"),
+            "{}",
+            language.name()
+        );
+    }
 }
 
 #[test]
@@ -221,7 +237,15 @@ fn the_examples_run_under_wasmtime_serve() {
             .port();
         let mut server = Group::spawn(
             Command::new(&wasmtime)
-                .args(["serve", "-S", "cli", "--env", "GREETING=hi"])
+                .args([
+                    "serve",
+                    "-S",
+                    "cli",
+                    "-S",
+                    "keyvalue",
+                    "--env",
+                    "GREETING=hi",
+                ])
                 .args(["--addr", &format!("127.0.0.1:{port}")])
                 .arg(&component)
                 .stdout(std::process::Stdio::null())
@@ -240,8 +264,14 @@ fn the_examples_run_under_wasmtime_serve() {
             addr,
             b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         );
+        let visits = support::exchange_at(
+            addr,
+            b"GET /visits HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
         drop(server);
         assert_eq!(hello.status, 200, "{language:?}");
         assert_eq!(hello.text(), format!("hi from {}\n", language.hello()));
+        // wasmtime serve's store is the instance's own.
+        assert_eq!(visits.text(), "visit 1\n", "{language:?}");
     }
 }

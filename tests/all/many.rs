@@ -292,9 +292,11 @@ fn no_process_of_nginx_outlives_its_fixture() {
     let upstream = upstream.local_addr().unwrap();
     let nginx = Nginx::in_front_of(&binary, &[upstream; 3], dir.path());
     let (group, addr) = (nginx.process.child.id(), nginx.addr);
-    // The master and its worker, which accepts connections.
-    let running = live_in_group(group);
-    assert!(running.len() >= 2, "master and worker: {running:?}");
+    // The master and its worker (the master listens, so a connection is
+    // accepted before the worker runs).
+    eventually("nginx's worker runs beside its master", || {
+        live_in_group(group).len() >= 2
+    });
     drop(nginx);
     assert_eq!(live_in_group(group), Vec::<u32>::new());
     assert!(
@@ -486,12 +488,14 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
         return;
     };
     let manifest = deploy_file("kubernetes/wasmhttpd.yaml");
+    let redis_manifest = deploy_file("kubernetes/redis.yaml");
     // The schema of the oldest Kubernetes release still supported and of
     // the newest, strictly: an unknown or misspelt field is an error.
     for version in ["1.32.0", "1.37.0"] {
         let output = Command::new(bin.join("kubernetes-validate"))
             .args(["--strict", "--quiet", "-k", version])
             .arg(&manifest)
+            .arg(&redis_manifest)
             .output()
             .unwrap();
         assert!(
@@ -501,16 +505,19 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let documents = Command::new(bin.join("python"))
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
-        ])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(documents.status.success());
-    let documents: Vec<serde_json::Value> = serde_json::from_slice(&documents.stdout).unwrap();
+    let load = |manifest: &Path| -> Vec<serde_json::Value> {
+        let documents = Command::new(bin.join("python"))
+            .args([
+                "-c",
+                "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+            ])
+            .arg(manifest)
+            .output()
+            .unwrap();
+        assert!(documents.status.success());
+        serde_json::from_slice(&documents.stdout).unwrap()
+    };
+    let documents = load(&manifest);
     let kind = |kind: &str| {
         documents
             .iter()
@@ -558,6 +565,40 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
     let config_path = format!("{}/wasmhttpd.toml", mount["mountPath"].as_str().unwrap());
     assert_eq!(container["args"][0], "--config");
     assert_eq!(container["args"][1], config_path.as_str());
+    // The store `default` is the Redis of redis.yaml, by its Service's name
+    // and port.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap())
+        .collect();
+    let store = args
+        .windows(2)
+        .find(|pair| pair[0] == "--kv-store")
+        .map(|pair| pair[1])
+        .expect("a --kv-store argument");
+    let redis = load(&redis_manifest);
+    let service = redis
+        .iter()
+        .find(|document| document["kind"] == "Service")
+        .expect("a Redis Service");
+    assert_eq!(
+        store,
+        format!(
+            "default=redis://{}:{}",
+            service["metadata"]["name"].as_str().unwrap(),
+            service["spec"]["ports"][0]["port"]
+        )
+    );
+    assert!(
+        file["route"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|route| route.as_str().unwrap().contains("allow-kv=default")),
+        "a route is granted the store"
+    );
     // The probes ask the endpoints the metrics listener serves.
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
