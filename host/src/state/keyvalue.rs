@@ -262,85 +262,135 @@ impl HasData for HasKv {
     type Data<'a> = KvView<'a>;
 }
 
-impl From<KvError> for v1::store::Error {
-    fn from(err: KvError) -> Self {
-        v1::store::Error::Other(err.to_string())
-    }
+/// `From<KvError>` for a version's error, and its `store::Host`: alike in
+/// both versions but for the types, which `$kv` (the version's bindings)
+/// names.
+macro_rules! store_host {
+    ($kv:ident) => {
+        impl From<KvError> for $kv::store::Error {
+            fn from(err: KvError) -> Self {
+                $kv::store::Error::Other(err.to_string())
+            }
+        }
+
+        impl $kv::store::Host for KvView<'_> {
+            async fn open(
+                &mut self,
+                identifier: String,
+            ) -> wasmtime::Result<Result<Resource<Bucket>, $kv::store::Error>> {
+                Ok(self
+                    .open_bucket(&identifier)
+                    .map_err(|refusal| match refusal {
+                        Some(Refusal::AccessDenied) => $kv::store::Error::AccessDenied,
+                        Some(Refusal::NoSuchStore) => $kv::store::Error::NoSuchStore,
+                        None => $kv::store::Error::Other("too many open buckets".to_owned()),
+                    }))
+            }
+        }
+    };
 }
 
-impl From<KvError> for v2::store::Error {
-    fn from(err: KvError) -> Self {
-        v2::store::Error::Other(err.to_string())
-    }
+/// The `bucket` methods both versions have alike: single keys, and the
+/// bucket's drop.
+macro_rules! bucket_methods {
+    ($kv:ident) => {
+        async fn get(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<Option<Vec<u8>>, $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self.ctx.granted.get(&store, key).await.map_err(Into::into))
+        }
+
+        async fn set(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+            value: Vec<u8>,
+        ) -> wasmtime::Result<Result<(), $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self
+                .ctx
+                .granted
+                .set(&store, key, value)
+                .await
+                .map_err(Into::into))
+        }
+
+        async fn delete(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<(), $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self
+                .ctx
+                .granted
+                .delete(&store, key)
+                .await
+                .map_err(Into::into))
+        }
+
+        async fn exists(
+            &mut self,
+            bucket: Resource<Bucket>,
+            key: String,
+        ) -> wasmtime::Result<Result<bool, $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self
+                .ctx
+                .granted
+                .exists(&store, key)
+                .await
+                .map_err(Into::into))
+        }
+
+        async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+            self.table.delete(bucket)?;
+            Ok(())
+        }
+    };
 }
 
-impl v1::store::Host for KvView<'_> {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<Bucket>, v1::store::Error>> {
-        Ok(self
-            .open_bucket(&identifier)
-            .map_err(|refusal| match refusal {
-                Some(Refusal::AccessDenied) => v1::store::Error::AccessDenied,
-                Some(Refusal::NoSuchStore) => v1::store::Error::NoSuchStore,
-                None => v1::store::Error::Other("too many open buckets".to_owned()),
-            }))
-    }
+/// The `batch` writes both versions have alike.
+macro_rules! batch_writes {
+    ($kv:ident) => {
+        async fn set_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            pairs: Vec<(String, Vec<u8>)>,
+        ) -> wasmtime::Result<Result<(), $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self
+                .ctx
+                .granted
+                .set_many(&store, pairs)
+                .await
+                .map_err(Into::into))
+        }
+
+        async fn delete_many(
+            &mut self,
+            bucket: Resource<Bucket>,
+            keys: Vec<String>,
+        ) -> wasmtime::Result<Result<(), $kv::store::Error>> {
+            let store = self.bucket_store(&bucket)?;
+            Ok(self
+                .ctx
+                .granted
+                .delete_many(&store, keys)
+                .await
+                .map_err(Into::into))
+        }
+    };
 }
+
+store_host!(v1);
+store_host!(v2);
 
 impl v1::store::HostBucket for KvView<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self.ctx.granted.get(&store, key).await.map_err(Into::into))
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .set(&store, key, value)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn delete(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .delete(&store, key)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn exists(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .exists(&store, key)
-            .await
-            .map_err(Into::into))
-    }
+    bucket_methods!(v1);
 
     async fn list_keys(
         &mut self,
@@ -358,11 +408,6 @@ impl v1::store::HostBucket for KvView<'_> {
                 cursor: page.next,
             })
             .map_err(Into::into))
-    }
-
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
     }
 }
 
@@ -406,102 +451,11 @@ impl v1::batch::Host for KvView<'_> {
             .map_err(Into::into))
     }
 
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        pairs: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .set_many(&store, pairs)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), v1::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .delete_many(&store, keys)
-            .await
-            .map_err(Into::into))
-    }
-}
-
-impl v2::store::Host for KvView<'_> {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<Bucket>, v2::store::Error>> {
-        Ok(self
-            .open_bucket(&identifier)
-            .map_err(|refusal| match refusal {
-                Some(Refusal::AccessDenied) => v2::store::Error::AccessDenied,
-                Some(Refusal::NoSuchStore) => v2::store::Error::NoSuchStore,
-                None => v2::store::Error::Other("too many open buckets".to_owned()),
-            }))
-    }
+    batch_writes!(v1);
 }
 
 impl v2::store::HostBucket for KvView<'_> {
-    async fn get(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<Option<Vec<u8>>, v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self.ctx.granted.get(&store, key).await.map_err(Into::into))
-    }
-
-    async fn set(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .set(&store, key, value)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn delete(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .delete(&store, key)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn exists(
-        &mut self,
-        bucket: Resource<Bucket>,
-        key: String,
-    ) -> wasmtime::Result<Result<bool, v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .exists(&store, key)
-            .await
-            .map_err(Into::into))
-    }
+    bucket_methods!(v2);
 
     async fn list_keys(
         &mut self,
@@ -529,11 +483,6 @@ impl v2::store::HostBucket for KvView<'_> {
                 cursor: page.next.map(|next| next.to_string()),
             })
             .map_err(Into::into))
-    }
-
-    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
-        self.table.delete(bucket)?;
-        Ok(())
     }
 }
 
@@ -631,31 +580,5 @@ impl v2::batch::Host for KvView<'_> {
             .map_err(Into::into))
     }
 
-    async fn set_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        pairs: Vec<(String, Vec<u8>)>,
-    ) -> wasmtime::Result<Result<(), v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .set_many(&store, pairs)
-            .await
-            .map_err(Into::into))
-    }
-
-    async fn delete_many(
-        &mut self,
-        bucket: Resource<Bucket>,
-        keys: Vec<String>,
-    ) -> wasmtime::Result<Result<(), v2::store::Error>> {
-        let store = self.bucket_store(&bucket)?;
-        Ok(self
-            .ctx
-            .granted
-            .delete_many(&store, keys)
-            .await
-            .map_err(Into::into))
-    }
+    batch_writes!(v2);
 }
