@@ -226,7 +226,7 @@ def wrk(port, path, connections, duration, extra, scheme="http"):
     args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", *extra,
             f"{scheme}://127.0.0.1:{port}{path}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
     return {

@@ -219,21 +219,55 @@ impl Metrics {
         }
     }
 
-    /// Counts a key-value operation `op` on `store` (`""`: a name no store
-    /// has) by its `result`, and how long it took.
-    pub(crate) fn kv(&self, store: &str, op: &'static str, result: &'static str, took: Duration) {
-        let store = store.to_owned();
+    /// Counts a refused open of the store `store` (`""`: a name no store
+    /// has) by its `result`, `denied` or `no-such-store`.
+    pub(crate) fn kv_open(&self, store: &str, result: &'static str) {
         self.kv
             .get_or_create(&KvLabel {
-                store: store.clone(),
-                op,
+                store: store.to_owned(),
+                op: "open",
                 result,
             })
             .inc();
-        if result != "denied" && result != "no-such-store" {
-            self.kv_latency
-                .get_or_create(&KvOpLabel { store, op })
-                .observe(took.as_secs_f64());
+    }
+
+    /// The counters of the store `store`'s operations `ops` by each of
+    /// `results`, and their latencies, made now so that counting one
+    /// takes no lock and no allocation.
+    pub(crate) fn kv_counted<const OPS: usize, const RESULTS: usize>(
+        &self,
+        store: &str,
+        ops: [&'static str; OPS],
+        results: [&'static str; RESULTS],
+    ) -> KvCounted {
+        let counters = ops
+            .iter()
+            .flat_map(|op| results.iter().map(move |result| (*op, *result)))
+            .map(|(op, result)| {
+                self.kv
+                    .get_or_create(&KvLabel {
+                        store: store.to_owned(),
+                        op,
+                        result,
+                    })
+                    .clone()
+            })
+            .collect();
+        let latency = ops
+            .iter()
+            .map(|op| {
+                self.kv_latency
+                    .get_or_create(&KvOpLabel {
+                        store: store.to_owned(),
+                        op,
+                    })
+                    .clone()
+            })
+            .collect();
+        KvCounted {
+            counters,
+            latency,
+            results: RESULTS,
         }
     }
 
@@ -326,6 +360,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// One key-value store's counters, by operation and result, and
+/// latencies, by operation.
+pub(crate) struct KvCounted {
+    counters: Vec<Counter>,
+    latency: Vec<Histogram>,
+    results: usize,
+}
+
+impl KvCounted {
+    /// Counts the operation at index `op` ending with the result at index
+    /// `result`, after `took`.
+    pub(crate) fn count(&self, op: usize, result: usize, took: Duration) {
+        self.counters[op * self.results + result].inc();
+        self.latency[op].observe(took.as_secs_f64());
     }
 }
 

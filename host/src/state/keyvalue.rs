@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::backend::{KvError, KvResult};
-use super::{Granted, Refusal, Store};
+use super::{Granted, Op, Refusal, Store};
 
 /// `wasi:keyvalue@0.2.0-draft`.
 mod draft {
@@ -104,7 +104,7 @@ impl Granted {
     pub(super) async fn get(&self, store: &Store, key: String) -> KvResult<Option<Vec<u8>>> {
         let granted = self;
         granted
-            .call(store, "get", async {
+            .call(store, Op::Get, async {
                 granted.check_key(&key)?;
                 store.backend().get(&key).await
             })
@@ -114,7 +114,7 @@ impl Granted {
     pub(super) async fn set(&self, store: &Store, key: String, value: Vec<u8>) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, "set", async {
+            .call(store, Op::Set, async {
                 granted.check_key(&key)?;
                 granted.check_value(&value)?;
                 store.backend().set(&key, &value).await
@@ -125,7 +125,7 @@ impl Granted {
     pub(super) async fn delete(&self, store: &Store, key: String) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, "delete", async {
+            .call(store, Op::Delete, async {
                 granted.check_key(&key)?;
                 store.backend().delete(&key).await
             })
@@ -135,7 +135,7 @@ impl Granted {
     pub(super) async fn exists(&self, store: &Store, key: String) -> KvResult<bool> {
         let granted = self;
         granted
-            .call(store, "exists", async {
+            .call(store, Op::Exists, async {
                 granted.check_key(&key)?;
                 store.backend().exists(&key).await
             })
@@ -145,7 +145,7 @@ impl Granted {
     pub(super) async fn list(&self, store: &Store, cursor: u64) -> KvResult<super::backend::Page> {
         let granted = self;
         granted
-            .call(store, "list-keys", async {
+            .call(store, Op::ListKeys, async {
                 store.backend().list(cursor, granted.limits().page).await
             })
             .await
@@ -160,7 +160,7 @@ impl Granted {
     ) -> KvResult<i64> {
         let granted = self;
         granted
-            .call(store, "increment", async {
+            .call(store, Op::Increment, async {
                 granted.check_key(&key)?;
                 store.backend().increment(&key, delta, unsigned).await
             })
@@ -176,7 +176,7 @@ impl Granted {
     ) -> KvResult<bool> {
         let granted = self;
         granted
-            .call(store, "swap", async {
+            .call(store, Op::Swap, async {
                 granted.check_value(&value)?;
                 store.backend().swap(key, expected, &value).await
             })
@@ -206,7 +206,7 @@ impl Granted {
     ) -> KvResult<Vec<Option<Vec<u8>>>> {
         let granted = self;
         granted
-            .call(store, "get-many", async {
+            .call(store, Op::GetMany, async {
                 granted.check_batch(keys.iter())?;
                 store.backend().get_many(keys).await
             })
@@ -220,7 +220,7 @@ impl Granted {
     ) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, "set-many", async {
+            .call(store, Op::SetMany, async {
                 granted.check_batch(pairs.iter().map(|(key, _)| key))?;
                 pairs
                     .iter()
@@ -233,7 +233,7 @@ impl Granted {
     pub(super) async fn delete_many(&self, store: &Store, keys: Vec<String>) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, "delete-many", async {
+            .call(store, Op::DeleteMany, async {
                 granted.check_batch(keys.iter())?;
                 store.backend().delete_many(&keys).await
             })

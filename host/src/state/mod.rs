@@ -27,7 +27,8 @@ use tracing::info;
 
 use crate::config::file::ConfigFile;
 use crate::config::setting::Unit;
-use crate::metrics::Metrics;
+use crate::metrics::{KvCounted, Metrics};
+use futures_util::FutureExt;
 
 pub mod backend;
 pub mod keyvalue;
@@ -358,6 +359,76 @@ pub enum StateError {
     Duplicate(String),
 }
 
+/// A key-value operation, as the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `get`.
+    Get,
+    /// `set`.
+    Set,
+    /// `delete`.
+    Delete,
+    /// `exists`.
+    Exists,
+    /// `list-keys`.
+    ListKeys,
+    /// `increment`.
+    Increment,
+    /// compare-and-swap's `swap`.
+    Swap,
+    /// `get-many`.
+    GetMany,
+    /// `set-many`.
+    SetMany,
+    /// `delete-many`.
+    DeleteMany,
+}
+
+impl Op {
+    /// Every operation, in the order of [`Op`]'s values.
+    pub const ALL: [Op; 10] = [
+        Op::Get,
+        Op::Set,
+        Op::Delete,
+        Op::Exists,
+        Op::ListKeys,
+        Op::Increment,
+        Op::Swap,
+        Op::GetMany,
+        Op::SetMany,
+        Op::DeleteMany,
+    ];
+
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+            Op::Exists => "exists",
+            Op::ListKeys => "list-keys",
+            Op::Increment => "increment",
+            Op::Swap => "swap",
+            Op::GetMany => "get-many",
+            Op::SetMany => "set-many",
+            Op::DeleteMany => "delete-many",
+        }
+    }
+}
+
+/// How an operation ended, as the metrics count it.
+const RESULTS: [&str; 4] = ["ok", "limit", "unavailable", "invalid"];
+
+/// The index in [`RESULTS`] of how `done` ended.
+fn result<T>(done: &KvResult<T>) -> usize {
+    match done {
+        Ok(_) => 0,
+        Err(KvError::Limit(_)) => 1,
+        Err(KvError::Unavailable(_)) => 2,
+        Err(KvError::Invalid(_)) => 3,
+    }
+}
+
 /// An open store.
 pub struct Store {
     /// Its name, for logs and metrics.
@@ -367,6 +438,8 @@ pub struct Store {
     /// outage is logged when it begins and when it ends, not at every
     /// operation it fails.
     down: AtomicBool,
+    /// Its operations' counters and latencies, made once.
+    counted: KvCounted,
 }
 
 /// `url` with its password, if any, left out, for logs and errors.
@@ -476,6 +549,7 @@ impl Stores {
                     name: spec.name.clone(),
                     backend,
                     down: AtomicBool::new(false),
+                    counted: metrics.kv_counted(&spec.name, Op::ALL.map(Op::name), RESULTS),
                 }),
             );
         }
@@ -588,7 +662,7 @@ impl Granted {
                     Refusal::AccessDenied => "denied",
                     Refusal::NoSuchStore => "no-such-store",
                 };
-                self.metrics.kv(label, "open", result, Duration::ZERO);
+                self.metrics.kv_open(label, result);
                 Err(refusal)
             }
         }
@@ -604,23 +678,27 @@ impl Granted {
     pub async fn call<T>(
         &self,
         store: &Store,
-        name: &'static str,
-        op: impl Future<Output = KvResult<T>>,
+        op: Op,
+        work: impl Future<Output = KvResult<T>>,
     ) -> KvResult<T> {
         let started = Instant::now();
-        let done = match tokio::time::timeout(self.limits.timeout, op).await {
-            Ok(done) => done,
-            Err(_) => Err(KvError::Unavailable(format!(
-                "no answer within --kv-timeout {} s",
-                self.limits.timeout.as_secs_f64()
-            ))),
+        let name = op.name();
+        // An operation done at once (a read answered on this thread) needs
+        // no timer.
+        let mut work = std::pin::pin!(work);
+        let done = match (&mut work).now_or_never() {
+            Some(done) => done,
+            None => match tokio::time::timeout(self.limits.timeout, work).await {
+                Ok(done) => done,
+                Err(_) => Err(KvError::Unavailable(format!(
+                    "no answer within --kv-timeout {} s",
+                    self.limits.timeout.as_secs_f64()
+                ))),
+            },
         };
-        let result = match &done {
-            Ok(_) => "ok",
-            Err(KvError::Limit(_)) => "limit",
-            Err(KvError::Unavailable(_)) => "unavailable",
-            Err(KvError::Invalid(_)) => "invalid",
-        };
+        store
+            .counted
+            .count(op as usize, result(&done), started.elapsed());
         match &done {
             Err(err @ KvError::Unavailable(_)) => {
                 if !store.down.swap(true, Ordering::Relaxed) {
@@ -643,8 +721,6 @@ impl Granted {
                 }
             }
         }
-        self.metrics
-            .kv(&store.name, name, result, started.elapsed());
         done
     }
 

@@ -1,24 +1,44 @@
 //! The SQLite backend, the default: one database file per store, in WAL
 //! mode with `synchronous=FULL`, so a value the guest was told is stored
 //! is on disk before the guest hears so, and survives the server's crash
-//! or a `kill -9` (and a power cut). Every operation runs on tokio's
-//! blocking pool, never on the threads that serve connections; writes are
-//! `BEGIN IMMEDIATE` transactions, so an increment or a compare-and-swap
-//! from two instances at once is one after the other.
+//! or a `kill -9` (and a power cut).
+//!
+//! Writes wait for the disk, so they never run on the threads that serve
+//! connections: each store has a writer thread of its own, which takes the
+//! writes waiting for it and commits them together, in one `BEGIN
+//! IMMEDIATE` transaction and one sync of the log (a group commit), each
+//! write in a savepoint of its own so that one refused (the cap, a value
+//! that is not a counter) leaves the others; every write's guest hears of
+//! it only once the commit is on disk. Writes are thus one after another:
+//! an increment or a compare-and-swap from two instances at once never
+//! interleave.
+//!
+//! Reads wait for neither in WAL mode: they run on the thread that serves
+//! the request, each thread with a connection of its own that never waits
+//! for a lock (a read that finds the database busy, which WAL mode makes
+//! rare, goes to the writer's thread instead). A read from the page cache
+//! takes microseconds; handing it to another thread and back cost 40 µs of
+//! CPU per read (`bench.py`, `kv-read`), as the same reasoning keeps the
+//! guests' file reads on their thread.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use super::backend::{Backend, KvError, KvResult, Page, add, counter, full};
 
-/// How long a connection waits for another's write transaction.
+/// How long the writer waits for a lock held outside this process.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections kept open for the next operation.
-const IDLE_CONNECTIONS: usize = 8;
+/// Writes committed together at most: enough that a burst of writes
+/// shares its syncs, few enough that none waits long behind the others.
+const GROUP: usize = 256;
 
 /// The tables: the pairs, in the order their keys were first set (the
 /// `id` a listing's cursor is), and the count of keys the cap is checked
@@ -37,67 +57,183 @@ const SCHEMA: &str = "
         BEGIN UPDATE meta SET n = n - 1 WHERE name = 'keys'; END;
 ";
 
-/// One store's database.
-pub struct Sqlite {
-    shared: Arc<Shared>,
+/// A write waiting for the writer thread.
+trait Write: Send {
+    /// Runs it in the group's transaction: whether it succeeded (else its
+    /// savepoint is rolled back), and what tells its guest how it ended
+    /// once the group's commit is known.
+    fn run(self: Box<Self>, conn: &Connection, max_keys: u64) -> (bool, Answer);
+    /// Tells its guest that it was not run.
+    fn refuse(self: Box<Self>, err: KvError);
 }
 
-struct Shared {
+/// Tells a write's guest how it ended, given how the commit ended.
+type Answer = Box<dyn FnOnce(Result<(), KvError>) + Send>;
+
+/// A write and where its result goes.
+struct Pending<F, T> {
+    work: F,
+    answer: oneshot::Sender<KvResult<T>>,
+}
+
+impl<F, T> Write for Pending<F, T>
+where
+    F: FnOnce(&Connection, u64) -> KvResult<T> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection, max_keys: u64) -> (bool, Answer) {
+        let Pending { work, answer } = *self;
+        let done = work(conn, max_keys);
+        let ok = done.is_ok();
+        (
+            ok,
+            Box::new(move |committed| {
+                let _ = answer.send(committed.and(done));
+            }),
+        )
+    }
+
+    fn refuse(self: Box<Self>, err: KvError) {
+        let _ = self.answer.send(Err(err));
+    }
+}
+
+/// One store's database.
+pub struct Sqlite {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    max_keys: u64,
+    writes: mpsc::Sender<Box<dyn Write>>,
 }
 
 impl Sqlite {
     /// Opens (or creates) the database at `path`, whose directory must
-    /// exist, with a cap of `max_keys` keys.
+    /// exist, with a cap of `max_keys` keys, and starts its writer thread.
     pub fn open(path: &Path, max_keys: u64) -> rusqlite::Result<Sqlite> {
         let conn = connect(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.execute_batch(SCHEMA)?;
+        let (writes, jobs) = mpsc::channel();
+        let name = path.file_stem().unwrap_or_default().to_string_lossy();
+        std::thread::Builder::new()
+            .name(format!("kv-{name}"))
+            .spawn(move || write_groups(conn, &jobs, max_keys))
+            .map_err(|err| {
+                rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                    Some(format!("cannot start the store's writer thread: {err}")),
+                )
+            })?;
         Ok(Sqlite {
-            shared: Arc::new(Shared {
-                path: path.to_owned(),
-                idle: Mutex::new(vec![conn]),
-                max_keys,
-            }),
+            path: path.to_owned(),
+            writes,
         })
     }
 
-    /// Runs `work` with a connection on the blocking pool.
-    async fn run<T: Send + 'static>(
+    /// Runs `work` on the writer thread in the next group's transaction;
+    /// its result once the group is committed.
+    async fn write<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&mut Connection, u64) -> KvResult<T> + Send + 'static,
+        work: impl FnOnce(&Connection, u64) -> KvResult<T> + Send + 'static,
     ) -> KvResult<T> {
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            let idle = shared
-                .idle
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .pop();
-            let mut conn = match idle {
-                Some(conn) => conn,
-                None => connect(&shared.path).map_err(unavailable)?,
-            };
-            let done = work(&mut conn, shared.max_keys);
-            let mut idle = shared
-                .idle
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if idle.len() < IDLE_CONNECTIONS {
-                idle.push(conn);
+        let (answer, answered) = oneshot::channel();
+        self.writes
+            .send(Box::new(Pending { work, answer }))
+            .map_err(|_| KvError::Unavailable("the store's writer has stopped".to_owned()))?;
+        answered
+            .await
+            .map_err(|_| KvError::Unavailable("the store's writer has stopped".to_owned()))?
+    }
+}
+
+/// The writer thread: takes the writes waiting, runs each in a savepoint
+/// of one transaction, commits them together, then answers each.
+fn write_groups(mut conn: Connection, jobs: &mpsc::Receiver<Box<dyn Write>>, max_keys: u64) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
             }
-            done
-        })
-        .await
-        .map_err(|err| KvError::Unavailable(err.to_string()))?
+        }
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) => {
+                let err = unavailable(err);
+                for job in group {
+                    job.refuse(err.clone());
+                }
+                continue;
+            }
+        };
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            if let Err(err) = tx.execute_batch("SAVEPOINT job") {
+                job.refuse(unavailable(err));
+                continue;
+            }
+            let (ok, tell) = job.run(&tx, max_keys);
+            let closed = if ok {
+                tx.execute_batch("RELEASE job")
+            } else {
+                tx.execute_batch("ROLLBACK TO job; RELEASE job")
+            };
+            answers.push((tell, closed.err().map(unavailable)));
+        }
+        let committed = tx.commit().map_err(unavailable);
+        for (tell, failed) in answers {
+            tell(match (&committed, failed) {
+                (Err(err), _) => Err(err.clone()),
+                (Ok(()), Some(err)) => Err(err),
+                (Ok(()), None) => Ok(()),
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// Each serving thread's connections for reads, one for each store it
+    /// has read.
+    static READERS: RefCell<HashMap<PathBuf, Connection>> = RefCell::default();
+}
+
+impl Sqlite {
+    /// Runs the read `work` on this thread with its own connection to the
+    /// store, which never waits for a lock; when the database is busy, on
+    /// the writer's thread instead.
+    async fn read<T: Send + 'static>(
+        &self,
+        work: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> KvResult<T> {
+        let here = READERS.with(|readers| {
+            let mut readers = readers.borrow_mut();
+            let conn = match readers.entry(self.path.clone()) {
+                Entry::Occupied(conn) => conn.into_mut(),
+                Entry::Vacant(slot) => {
+                    let conn = connect(&self.path)?;
+                    conn.busy_timeout(Duration::ZERO)?;
+                    slot.insert(conn)
+                }
+            };
+            work(conn)
+        });
+        match here {
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if matches!(
+                    err.code,
+                    ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked
+                ) =>
+            {
+                self.write(move |conn, _| work(conn).map_err(unavailable))
+                    .await
+            }
+            done => done.map_err(unavailable),
+        }
     }
 }
 
 /// A connection in WAL mode with full synchronisation.
 fn connect(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
@@ -107,15 +243,19 @@ fn unavailable(err: rusqlite::Error) -> KvError {
     KvError::Unavailable(err.to_string())
 }
 
-/// The value of `key`, in `conn`'s transaction.
-fn read(conn: &Connection, key: &str) -> KvResult<Option<Vec<u8>>> {
+/// The value of `key`.
+fn value(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
     conn.prepare_cached("SELECT value FROM kv WHERE key = ?1")
         .and_then(|mut get| get.query_row([key], |row| row.get(0)).optional())
-        .map_err(unavailable)
 }
 
-/// Sets `key` in `conn`'s transaction, refusing a new key past the cap.
-fn write(conn: &Connection, key: &str, value: &[u8], max_keys: u64) -> KvResult<()> {
+/// [`value`], in a write.
+fn current(conn: &Connection, key: &str) -> KvResult<Option<Vec<u8>>> {
+    value(conn, key).map_err(unavailable)
+}
+
+/// Sets `key`, refusing a new key past the cap.
+fn put(conn: &Connection, key: &str, value: &[u8], max_keys: u64) -> KvResult<()> {
     let updated = conn
         .prepare_cached("UPDATE kv SET value = ?2 WHERE key = ?1")
         .and_then(|mut update| update.execute(params![key, value]))
@@ -136,64 +276,50 @@ fn write(conn: &Connection, key: &str, value: &[u8], max_keys: u64) -> KvResult<
     Ok(())
 }
 
-/// Runs `work` in a write transaction, committed only when it succeeds.
-fn in_write<T>(
-    conn: &mut Connection,
-    work: impl FnOnce(&Connection) -> KvResult<T>,
-) -> KvResult<T> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(unavailable)?;
-    let done = work(&tx)?;
-    tx.commit().map_err(unavailable)?;
-    Ok(done)
+/// Removes `key`.
+fn remove(conn: &Connection, key: &str) -> KvResult<()> {
+    conn.prepare_cached("DELETE FROM kv WHERE key = ?1")
+        .and_then(|mut delete| delete.execute([key]))
+        .map(drop)
+        .map_err(unavailable)
 }
 
 #[async_trait]
 impl Backend for Sqlite {
     async fn get(&self, key: &str) -> KvResult<Option<Vec<u8>>> {
         let key = key.to_owned();
-        self.run(move |conn, _| read(conn, &key)).await
+        self.read(move |conn| value(conn, &key)).await
     }
 
     async fn set(&self, key: &str, value: &[u8]) -> KvResult<()> {
         let (key, value) = (key.to_owned(), value.to_vec());
-        self.run(move |conn, max| in_write(conn, |tx| write(tx, &key, &value, max)))
+        self.write(move |conn, max| put(conn, &key, &value, max))
             .await
     }
 
     async fn delete(&self, key: &str) -> KvResult<()> {
         let key = key.to_owned();
-        self.run(move |conn, _| {
-            conn.prepare_cached("DELETE FROM kv WHERE key = ?1")
-                .and_then(|mut delete| delete.execute([&key]))
-                .map(drop)
-                .map_err(unavailable)
-        })
-        .await
+        self.write(move |conn, _| remove(conn, &key)).await
     }
 
     async fn exists(&self, key: &str) -> KvResult<bool> {
         let key = key.to_owned();
-        self.run(move |conn, _| {
+        self.read(move |conn| {
             conn.prepare_cached("SELECT 1 FROM kv WHERE key = ?1")
                 .and_then(|mut exists| exists.exists([&key]))
-                .map_err(unavailable)
         })
         .await
     }
 
     async fn list(&self, cursor: u64, limit: usize) -> KvResult<Page> {
-        self.run(move |conn, _| {
-            let mut list = conn
-                .prepare_cached("SELECT id, key FROM kv WHERE id >= ?1 ORDER BY id LIMIT ?2")
-                .map_err(unavailable)?;
+        self.read(move |conn| {
+            let mut list =
+                conn.prepare_cached("SELECT id, key FROM kv WHERE id >= ?1 ORDER BY id LIMIT ?2")?;
             let rows = list
                 .query_map(params![cursor as i64, limit as i64 + 1], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-                })
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(unavailable)?;
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             let next = rows.get(limit).map(|(id, _)| *id as u64);
             Ok(Page {
                 keys: rows.into_iter().take(limit).map(|(_, key)| key).collect(),
@@ -205,63 +331,54 @@ impl Backend for Sqlite {
 
     async fn increment(&self, key: &str, delta: i64, unsigned: bool) -> KvResult<i64> {
         let key = key.to_owned();
-        self.run(move |conn, max| {
-            in_write(conn, |tx| {
-                let current = counter(&key, read(tx, &key)?.as_deref())?;
-                let new = add(&key, current, delta, unsigned)?;
-                write(tx, &key, new.to_string().as_bytes(), max)?;
-                Ok(new)
-            })
+        self.write(move |conn, max| {
+            let now = counter(&key, current(conn, &key)?.as_deref())?;
+            let new = add(&key, now, delta, unsigned)?;
+            put(conn, &key, new.to_string().as_bytes(), max)?;
+            Ok(new)
         })
         .await
     }
 
     async fn swap(&self, key: &str, expected: Option<&[u8]>, value: &[u8]) -> KvResult<bool> {
         let (key, expected, value) = (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
-        self.run(move |conn, max| {
-            in_write(conn, |tx| {
-                if read(tx, &key)? != expected {
-                    return Ok(false);
-                }
-                write(tx, &key, &value, max)?;
-                Ok(true)
-            })
+        self.write(move |conn, max| {
+            if current(conn, &key)? != expected {
+                return Ok(false);
+            }
+            put(conn, &key, &value, max)?;
+            Ok(true)
         })
         .await
     }
 
     async fn get_many(&self, keys: &[String]) -> KvResult<Vec<Option<Vec<u8>>>> {
         let keys = keys.to_vec();
-        self.run(move |conn, _| {
-            let tx = conn.transaction().map_err(unavailable)?;
-            keys.iter().map(|key| read(&tx, key)).collect()
+        self.read(move |conn| {
+            // One read transaction: every value as of one moment; never
+            // left open on the thread's connection, whatever happens.
+            conn.execute_batch("BEGIN")?;
+            let values: rusqlite::Result<Vec<_>> =
+                keys.iter().map(|key| value(conn, key)).collect();
+            conn.execute_batch(if values.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+            values
         })
         .await
     }
 
     async fn set_many(&self, pairs: &[(String, Vec<u8>)]) -> KvResult<()> {
         let pairs = pairs.to_vec();
-        self.run(move |conn, max| {
-            in_write(conn, |tx| {
-                pairs
-                    .iter()
-                    .try_for_each(|(key, value)| write(tx, key, value, max))
-            })
+        self.write(move |conn, max| {
+            pairs
+                .iter()
+                .try_for_each(|(key, value)| put(conn, key, value, max))
         })
         .await
     }
 
     async fn delete_many(&self, keys: &[String]) -> KvResult<()> {
         let keys = keys.to_vec();
-        self.run(move |conn, _| {
-            in_write(conn, |tx| {
-                let mut delete = tx
-                    .prepare_cached("DELETE FROM kv WHERE key = ?1")
-                    .map_err(unavailable)?;
-                keys.iter()
-                    .try_for_each(|key| delete.execute([key]).map(drop).map_err(unavailable))
-            })
-        })
-        .await
+        self.write(move |conn, _| keys.iter().try_for_each(|key| remove(conn, key)))
+            .await
     }
 }
