@@ -803,3 +803,44 @@ fn replicas_behind_nginx_with_one_redis_share_one_counter() {
         format!("value {TIMES}")
     );
 }
+
+#[test]
+fn a_configuration_file_declares_grants_and_gives_values_and_a_refusal_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wasmhttpd.toml");
+    std::fs::write(
+        &file,
+        r#"
+kv-store = ["notes=sqlite:notes.db", "secret=memory"]
+allow-kv = ["notes"]
+config-var = { greeting = "from the file", colour = "green" }
+"#,
+    )
+    .unwrap();
+    let server = crate::process::start(
+        crate::process::wasmhttpd()
+            .env("RUST_LOG", "warn")
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(demo_root())
+            .arg("--guest")
+            .arg(kv_guest())
+            .arg("--config")
+            .arg(&file),
+        "listening on http://",
+    );
+    assert_eq!(ask_at(server.addr, "/config?key=greeting"), "config from the file");
+    assert_eq!(ask_at(server.addr, "/config?key=colour"), "config green");
+    assert_eq!(ask_at(server.addr, "/draft/set?store=&key=k&value=1"), "ok");
+    // sqlite:FILE is relative to the configuration file.
+    assert!(dir.path().join("notes.db").is_file());
+    assert_eq!(
+        ask_at(server.addr, "/draft/get?store=secret&key=k"),
+        "error Error::AccessDenied"
+    );
+    let refused = server.wait_for_log("key-value store refused");
+    assert!(
+        refused.contains("store=\"secret\"") || refused.contains("store=secret"),
+        "{refused}"
+    );
+    assert!(refused.contains("--allow-kv"), "{refused}");
+}
