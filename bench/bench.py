@@ -106,6 +106,10 @@ end
 KV_SUFFIX = " (kv guest)"
 KV_SQLITE = f"wasmhttpd --reuse {REUSE}, SQLite{KV_SUFFIX}"
 KV_REDIS = f"wasmhttpd --reuse {REUSE}, Redis{KV_SUFFIX}"
+# The two other ways of running wasmhttpd that the event loop per core is
+# measured against, on the small file with reuse.
+WORK_STEALING = f"wasmhttpd --reuse {REUSE} --work-stealing"
+PINNED = f"wasmhttpd --reuse {REUSE}, two processes pinned to a core each"
 # The names of the two servers that run the WASIp3 guest.
 P3_SUFFIX = " (p3 guest)"
 P3_OURS = "wasmhttpd" + P3_SUFFIX
@@ -353,6 +357,22 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
     servers.append(Server(f"wasmhttpd --reuse {REUSE}",
                           [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
                            "--reuse", str(REUSE)], port))
+    # The runtimes side by side, on the small file with reuse: tokio's
+    # work-stealing runtime as wasmhttpd served before, and two processes
+    # each pinned to a core of its own and sharing the port, the stand-in
+    # the event loop per core must beat.
+    port = free_port()
+    servers.append(Server(WORK_STEALING,
+                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                           "--reuse", str(REUSE), "--work-stealing"], port,
+                          paths={"small": "/index.html"}))
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        port = free_port()
+        one = [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common, "--reuse", str(REUSE),
+               "--reuse-port", "--event-loops", "1"]
+        pinned = " & ".join(f"taskset -c {cpu} {' '.join(one)}" for cpu in (0, 1))
+        servers.append(Server(PINNED, ["sh", "-c", f"{pinned} & wait"], port,
+                              paths={"small": "/index.html"}))
     port = free_port()
     servers.append(Server("wasmtime serve",
                           ["wasmtime", "serve", "-S", "cli", "--dir", f"{root}::/",
@@ -631,7 +651,8 @@ def report(results, idle, servers, args):
     p3 = [n for n in names if n.endswith(P3_SUFFIX)]
     empty = [n for n in names if n.endswith(EMPTY_SUFFIX)]
     kv = [n for n in names if n.endswith(KV_SUFFIX)]
-    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty + kv]
+    runtimes = [WORK_STEALING, PINNED]
+    ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty + kv + runtimes]
     peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
           f"{args.connections} connections unless the case says; all servers in one run; "
@@ -691,9 +712,28 @@ def report(results, idle, servers, args):
             if b:
                 print(f"| {case} | {a['rps'] / b['rps']:.2f}× req/s, "
                       f"p99 {b['p99'] / a['p99']:.2f}× |")
+    report_runtimes(results)
     report_ceilings(results)
     report_kv(results)
     report_targets(results, idle, args.idle_connections)
+
+
+def report_runtimes(results):
+    """The event loop per core against the work-stealing runtime and the
+    two pinned processes, on the small file with reuse."""
+    default = f"wasmhttpd --reuse {REUSE}"
+    rows = [(name, results[("small", name)]) for name in [default, WORK_STEALING, PINNED]
+            if ("small", name) in results]
+    if len(rows) < 2:
+        return
+    base = rows[0][1]
+    print("\nRuntimes (small file, --reuse; the first row is the default, one event loop "
+          "per core):\n")
+    print("| runtime | req/s | CPU µs/req | CPU vs the default |")
+    print("|---|---:|---:|---:|")
+    for name, r in rows:
+        print(f"| {name} | {r['rps']:.0f} | {r['cpu_us']:.1f} | "
+              f"{r['cpu_us'] / base['cpu_us']:.2f}× |")
 
 
 def report_kv(results):

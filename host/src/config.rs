@@ -224,6 +224,10 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// The key-value stores declared besides `default`.
     pub stores: Vec<StoreSpec>,
+    /// Event loops that accept and serve connections, each on a thread of
+    /// its own with a single-threaded runtime, the caller's being the
+    /// first; 1 serves on the caller's runtime alone.
+    pub event_loops: usize,
     /// Where SQLite stores without a file of their own live; `None` is the
     /// user's data directory.
     pub data_dir: Option<PathBuf>,
@@ -247,6 +251,7 @@ impl Config {
             tls: None,
             stores: Vec::new(),
             data_dir: None,
+            event_loops: 1,
         }
     }
 
@@ -309,6 +314,15 @@ settings! {
         /// Directory of the SQLite key-value stores [default: the user's
         /// data directory, e.g. ~/.local/share/wasmhttpd].
         data_dir: Maybe<FsPath> = None,
+        /// Event loops that accept and serve connections, each a thread with
+        /// a single-threaded runtime; a connection, its requests and its
+        /// guest calls stay on the loop that accepted it [default: the
+        /// cores available].
+        event_loops: Maybe<Count<usize>> = None,
+        /// Serve on tokio's work-stealing runtime instead of one event loop
+        /// per core, as wasmhttpd did before, to measure the two against
+        /// each other.
+        work_stealing: Switch = false,
     }
 }
 

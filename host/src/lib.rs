@@ -16,7 +16,8 @@
 //!
 //! Layout:
 //! - [`config`]: the configuration and every limit, with its default.
-//! - [`server`]: binding, the accept loop, the connection cap.
+//! - [`server`]: binding, the event loops (one per core, each accepting
+//!   and serving), the connection cap, the drain.
 //! - [`tls`]: the certificate and key for HTTPS, checked and reloaded.
 //! - [`routes`]: which guest serves which path prefix.
 //! - [`dispatch`]: between the front ends and the guests, for every

@@ -203,6 +203,7 @@ impl Settings {
             tls,
             stores: startup.kv_store,
             data_dir: startup.data_dir,
+            event_loops: 1,
         })
     }
 }
@@ -305,17 +306,30 @@ fn run() -> Result<(), Failure> {
         reuse_port: settings.startup.reuse_port,
     };
     let compiling = settings.compile;
-    let config = settings.into_config().map_err(Failure::Usage)?;
+    let work_stealing = settings.startup.work_stealing;
+    let event_loops = match (work_stealing, settings.startup.event_loops) {
+        (true, _) => 1,
+        (false, Some(loops)) => loops,
+        (false, None) => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let mut config = settings.into_config().map_err(Failure::Usage)?;
+    config.event_loops = event_loops;
     if listeners.redirect.is_some() && config.tls.is_none() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--http-redirect sends clients to https: give --tls-cert and --tls-key"
         )));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(Failure::Start)?;
+    // One event loop per core: this thread's runtime is the first, and the
+    // server starts the others, each single-threaded too.
+    let runtime = if work_stealing {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    }
+    .enable_all()
+    .build()
+    .context("cannot start the async runtime")
+    .map_err(Failure::Start)?;
     let done = if compiling {
         runtime.block_on(async { compile(config) })
     } else {

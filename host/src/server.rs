@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,6 +216,8 @@ pub struct Server {
     shared: Arc<Shared>,
     /// The guest files, watched from the start when `Config::watch` is set.
     watching: Option<Watching>,
+    /// Event loops that accept and serve connections, this one included.
+    event_loops: usize,
 }
 
 /// A view of a server's load while it runs.
@@ -401,6 +404,7 @@ impl Server {
                 tls,
             }),
             watching,
+            event_loops: config.event_loops.max(1),
         })
     }
 
@@ -424,6 +428,12 @@ impl Server {
     /// [`Limits::shutdown_grace`](crate::Limits::shutdown_grace) to
     /// finish, each the last on its connection. Returns when they have,
     /// or when the grace period is over.
+    ///
+    /// With [`Config::event_loops`](crate::Config::event_loops) above 1,
+    /// as many event loops accept from the listener, each on a thread of
+    /// its own with a single-threaded runtime (this one, the caller's,
+    /// being the first): a connection, its requests, its guest calls and
+    /// its body stay on the loop that accepted it.
     pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         // Stops, with the watching, when the server stops.
         let _reloads = self
@@ -433,7 +443,11 @@ impl Server {
         let limits = self.shared.dispatch.limits();
         let max_connections = limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
+        let (stop_accepting, stopped) = watch::channel(false);
+        let (release, released) = watch::channel(false);
+        let loops = self.start_event_loops(&listener, &connections, &stopped, &released);
         self.accept(&listener, &connections, shutdown).await;
+        stop_accepting.send_replace(true);
         let queued = self.close_listener(listener, &connections);
         self.shared.shutdown.send_replace(true);
         let open = max_connections - connections.available_permits();
@@ -451,6 +465,94 @@ impl Server {
                 let left = max_connections - connections.available_permits();
                 warn!(left, "grace period over; stopping with connections open");
             }
+        }
+        // The other loops end with their runtimes, and what is left on them.
+        release.send_replace(true);
+        let _ = tokio::task::spawn_blocking(move || {
+            for event_loop in loops {
+                let _ = event_loop.join();
+            }
+        })
+        .await;
+    }
+
+    /// Starts the event loops past the first (this one): each a thread with
+    /// a single-threaded runtime that accepts from `listener` (a handle of
+    /// its own to the same socket) until `stopped`, and serves what it
+    /// accepted until `released`.
+    fn start_event_loops(
+        &self,
+        listener: &TcpListener,
+        connections: &Arc<Semaphore>,
+        stopped: &watch::Receiver<bool>,
+        released: &watch::Receiver<bool>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        let mut loops = Vec::new();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        for index in 1..self.event_loops {
+            let socket = match listener.as_fd().try_clone_to_owned() {
+                Ok(socket) => std::net::TcpListener::from(socket),
+                Err(err) => {
+                    error!(cause = %err, "cannot share the listener with another event loop");
+                    break;
+                }
+            };
+            let server = self.for_event_loop();
+            let (connections, mut stopped, mut released) =
+                (connections.clone(), stopped.clone(), released.clone());
+            let core = cores.get(index).copied();
+            let spawned = std::thread::Builder::new()
+                .name(format!("wasmhttpd-{index}"))
+                .spawn(move || {
+                    // On a core of its own, as nginx's workers with
+                    // worker_cpu_affinity: its caches stay warm and the
+                    // scheduler never moves it. (The first loop, whose
+                    // thread also starts the blocking threads, is not
+                    // pinned: those would inherit its core.)
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            error!(cause = %err, "cannot start an event loop's runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(socket) {
+                            Ok(listener) => listener,
+                            Err(err) => {
+                                error!(cause = %err, "cannot listen on an event loop");
+                                return;
+                            }
+                        };
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        server.accept(&listener, &connections, stop).await;
+                        drop(listener);
+                        let _ = released.wait_for(|release| *release).await;
+                    });
+                });
+            match spawned {
+                Ok(event_loop) => loops.push(event_loop),
+                Err(err) => error!(cause = %err, "cannot start an event loop's thread"),
+            }
+        }
+        loops
+    }
+
+    /// This server as another event loop serves it: the same shared state,
+    /// nothing that only the first loop runs.
+    fn for_event_loop(&self) -> Server {
+        Server {
+            shared: self.shared.clone(),
+            watching: None,
+            event_loops: 1,
         }
     }
 

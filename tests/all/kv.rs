@@ -828,7 +828,10 @@ config-var = { greeting = "from the file", colour = "green" }
             .arg(&file),
         "listening on http://",
     );
-    assert_eq!(ask_at(server.addr, "/config?key=greeting"), "config from the file");
+    assert_eq!(
+        ask_at(server.addr, "/config?key=greeting"),
+        "config from the file"
+    );
     assert_eq!(ask_at(server.addr, "/config?key=colour"), "config green");
     assert_eq!(ask_at(server.addr, "/draft/set?store=&key=k&value=1"), "ok");
     // sqlite:FILE is relative to the configuration file.

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use wasmhttpd::{Config, GuestSource, Limits, Server};
 
+/// The event loops of a test server: one per core of a CI machine.
+pub const TEST_EVENT_LOOPS: usize = 2;
+
 /// How long a test client waits on a socket before failing the test.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -87,13 +90,23 @@ impl TestServer {
     /// Starts a server with `config`; one without a cache directory gets
     /// the run's [`shared_cache`].
     pub fn start(mut config: Config) -> TestServer {
+        // As the binary serves: an event loop per core (two here), each a
+        // single-threaded runtime, this thread's the first.
+        if config.event_loops == 1 {
+            config.event_loops = TEST_EVENT_LOOPS;
+        }
+        TestServer::start_with_loops(config)
+    }
+
+    /// A server with `config.event_loops` as it is: 1 for a test of what
+    /// one loop's requests share.
+    pub fn start_with_loops(mut config: Config) -> TestServer {
         if config.cache_dir.is_none() {
             config.cache_dir = Some(shared_cache());
         }
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime");

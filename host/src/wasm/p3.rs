@@ -1,7 +1,10 @@
 //! WASIp3 guests (`wasi:http/handler@0.3.x`): instances that serve several
 //! requests at once, through wasmtime-wasi-http's `ProxyHandler`.
 //!
-//! Each guest version has one handler. A request goes to a worker (one
+//! Each guest version has one handler on each event loop, made when the
+//! loop first serves it, so that a loop's requests share that loop's
+//! instances and no request waits on another thread. A request goes to a
+//! worker (one
 //! instance in its own task, running the component model's event loop)
 //! that takes it if the instance has fewer than `p3-concurrency` requests
 //! in it, has taken fewer than `p3-reuse` in its life, and is not busy
@@ -28,9 +31,10 @@
 //! however long the body takes to reach a slow client (each piece still
 //! has the guest timeout, as for WASIp2).
 
+use std::cell::RefCell;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -52,9 +56,28 @@ use super::reuse::IDLE_INSTANCE;
 use crate::metrics::{Fault, Metrics};
 use tracing::warn;
 
+/// An event loop's handler of one guest version: the version's
+/// [`Handler::id`], whether the version is still alive, and the handler.
+type LoopHandler = (u64, Weak<()>, ProxyHandler<Instances>);
+
+thread_local! {
+    /// This event loop's handler of each WASIp3 guest version it has
+    /// served; a version no longer alive is dropped from it at the next
+    /// look-up.
+    static LOOP_HANDLERS: RefCell<Vec<LoopHandler>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tells the versions' handlers apart.
+static NEXT_HANDLER: AtomicU64 = AtomicU64::new(0);
+
 /// The instances of one WASIp3 guest version.
 pub(super) struct Handler {
-    handler: ProxyHandler<Instances>,
+    /// Its handlers' key on each event loop.
+    id: u64,
+    /// Dropped with the version, which tells the loops to drop theirs.
+    alive: Arc<()>,
+    /// What each loop's handler makes its instances with.
+    instances: Instances,
     /// Requests in this version's instances, or waiting for one.
     requests: Arc<Semaphore>,
 }
@@ -79,13 +102,25 @@ impl Handler {
     pub(super) fn new(pre: ServicePre<GuestState>, engine: Engine, ctx: Arc<GuestContext>) -> Self {
         let slots = ctx.max_instances.saturating_mul(ctx.p3_concurrency);
         Handler {
+            id: NEXT_HANDLER.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             requests: Arc::new(Semaphore::new(slots.min(Semaphore::MAX_PERMITS))),
-            handler: ProxyHandler::new(Instances {
-                pre: ProxyPre::P3(pre),
-                engine,
-                ctx,
-            }),
+            instances: Instances { pre, engine, ctx },
         }
+    }
+
+    /// This event loop's handler of the version, made on first use.
+    fn on_this_loop(&self) -> ProxyHandler<Instances> {
+        LOOP_HANDLERS.with(|handlers| {
+            let mut handlers = handlers.borrow_mut();
+            handlers.retain(|(_, alive, _)| alive.strong_count() > 0);
+            if let Some((_, _, handler)) = handlers.iter().find(|(id, _, _)| *id == self.id) {
+                return handler.clone();
+            }
+            let handler = ProxyHandler::new(self.instances.clone());
+            handlers.push((self.id, Arc::downgrade(&self.alive), handler.clone()));
+            handler
+        })
     }
 
     /// Runs `request` (id `id`) in one of this version's instances, until
@@ -95,7 +130,7 @@ impl Handler {
         request: http::Request<RequestBody>,
         id: u64,
     ) -> Result<Answered, GuestError> {
-        let ctx = &self.handler.state().ctx;
+        let ctx = &self.instances.ctx;
         let queued = Instant::now() + ctx.queue_timeout;
         let slot = tokio::time::timeout_at(queued, self.requests.clone().acquire_owned())
             .await
@@ -107,7 +142,7 @@ impl Handler {
         // timeout it is.
         let deadline = Instant::now() + ctx.timeout;
         let response = within(deadline, async {
-            self.handler
+            self.on_this_loop()
                 .handle(Request { id, body_sender }, request)
                 .await
                 .map_err(explain)
@@ -154,8 +189,9 @@ struct Request {
 }
 
 /// Makes the instances of one guest version.
+#[derive(Clone)]
 struct Instances {
-    pre: ProxyPre<GuestState>,
+    pre: ServicePre<GuestState>,
     engine: Engine,
     ctx: Arc<GuestContext>,
 }
@@ -173,11 +209,12 @@ impl HandlerState for Instances {
         // the worker, and an instance past it is dropped whole.
         let mut store =
             ctx.new_store(&self.engine, deadline, Arc::new(AtomicBool::new(true)), 0)?;
-        let proxy =
-            match tokio::time::timeout_at(deadline, self.pre.instantiate_async(&mut store)).await {
-                Ok(proxy) => proxy.map_err(|err| store.data().explain(err))?,
-                Err(_) => return Err(wasmtime::Error::new(GuestError::Timeout)),
-            };
+        let pre = ProxyPre::P3(self.pre.clone());
+        let proxy = match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await
+        {
+            Ok(proxy) => proxy.map_err(|err| store.data().explain(err))?,
+            Err(_) => return Err(wasmtime::Error::new(GuestError::Timeout)),
+        };
         let bodies = Arc::new(Bodies::default());
         let expired = Arc::new(AtomicBool::new(false));
         Ok(Instance {
