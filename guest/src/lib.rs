@@ -37,7 +37,7 @@ mod bindings {
     });
 }
 
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 
 use bindings::exports::wasi::http::incoming_handler::Guest;
 use bindings::wasi::cli::environment;
@@ -624,9 +624,12 @@ impl Reply {
             .collect();
         let fields = Fields::from_list(&fields).expect("response headers are valid");
         let response = OutgoingResponse::new(fields);
-        response
-            .set_status_code(status)
-            .expect("status code is valid");
+        // A new response is a 200 already: one call fewer for most.
+        if status != 200 {
+            response
+                .set_status_code(status)
+                .expect("status code is valid");
+        }
         let outgoing = response.body().expect("response body is taken once");
         ResponseOutparam::set(outparam, Ok(response));
         if head_only {
@@ -637,9 +640,13 @@ impl Reply {
         let stream = outgoing.write().expect("body stream is taken once");
         let written = match &body {
             Body::Empty => Ok(()),
-            Body::Bytes(bytes) => {
-                let mut writer = stream::Writer(&stream);
-                writer.write_all(bytes).and_then(|()| writer.flush())
+            Body::Bytes(bytes) => stream::write_all(&stream, bytes),
+            Body::File {
+                file,
+                offset,
+                length,
+            } if *length <= stream::ONE_WRITE => {
+                stream::send_small(&stream, file, *offset, *length)
             }
             Body::File {
                 file,

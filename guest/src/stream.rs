@@ -8,6 +8,9 @@ use crate::bindings::wasi::io::streams::{InputStream, OutputStream, StreamError}
 
 /// Bytes moved per `splice` call when streaming a file.
 const SPLICE_CHUNK: u64 = 256 * 1024;
+/// The most bytes one `blocking-write-and-flush` takes (wasi:io's
+/// contract): a body up to this size is written in one call.
+pub const ONE_WRITE: u64 = 4096;
 
 /// Reads a `wasi:io` input stream; its end is end of file.
 pub struct Reader<'a>(pub &'a InputStream);
@@ -76,4 +79,41 @@ pub fn splice_file(
         }
     }
     output.blocking_flush().map_err(io_error)
+}
+
+/// Writes `bytes` and flushes them, in one call per [`ONE_WRITE`] bytes:
+/// each call across the component boundary costs more than the copy.
+pub fn write_all(output: &OutputStream, bytes: &[u8]) -> io::Result<()> {
+    for chunk in bytes.chunks(ONE_WRITE as usize) {
+        output.blocking_write_and_flush(chunk).map_err(io_error)?;
+    }
+    Ok(())
+}
+
+/// Sends `length` bytes (at most [`ONE_WRITE`]) of `file` from `offset`:
+/// one read and one write, where a splice takes a stream, the splice, a
+/// flush and the stream's end. A file that has shrunk since its size was
+/// read fails, as its `Content-Length` can no longer be met.
+pub fn send_small(
+    output: &OutputStream,
+    file: &Descriptor,
+    offset: u64,
+    length: u64,
+) -> io::Result<()> {
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < length {
+        let at = offset + bytes.len() as u64;
+        let (read, end) = file
+            .read(length - bytes.len() as u64, at)
+            .map_err(|code| io::Error::other(format!("{code:?}")))?;
+        if bytes.is_empty() {
+            bytes = read;
+        } else {
+            bytes.extend_from_slice(&read);
+        }
+        if end && (bytes.len() as u64) < length {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    write_all(output, &bytes)
 }

@@ -18,6 +18,7 @@
 //! | `wasmhttpd_outgoing_request_duration_seconds` | histogram | from an outgoing request's start to its response body's end (or its refusal or failure) |
 //! | `wasmhttpd_kv_operations_total{store,op,result}` | counter | guests' key-value operations: `ok`, `limit`, `unavailable`, `invalid`, and opens `denied` or `no-such-store` |
 //! | `wasmhttpd_kv_operation_duration_seconds{store,op}` | histogram | how long each key-value operation took |
+//! | `wasmhttpd_guest_host_calls{route}` | histogram | calls a WASIp2 guest made into the host for one request (each crosses the component boundary) |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,15 +62,30 @@ struct KvLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KvOpLabel {
     store: String,
     op: &'static str,
 }
 
+/// The status classes responses are counted by.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Key-value latency buckets: 50 µs doubling to about 1.6 s, from a read
 /// of SQLite's page cache to an operation at its timeout.
 fn kv_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+/// Host-call buckets: 4 doubling to 8192, from a guest that answers
+/// without looking at its request to one that streams a large body in
+/// small writes.
+fn host_call_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(4.0, 2.0, 12))
 }
 
 /// A fault of a guest's own, as the metrics count it.
@@ -95,8 +111,11 @@ pub enum Outgoing {
 /// The server's counters and gauges.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<ClassLabel, Counter>,
-    guest_requests: Family<WasiLabel, Counter>,
+    /// Responses by status class, `1xx` to `5xx`, each made at start so
+    /// that counting one takes no lock.
+    requests: [Counter; 5],
+    /// Guest requests, by `p2` and `p3`, likewise.
+    guest_requests: [Counter; 2],
     latency: Histogram,
     connections: Gauge,
     instances: Gauge,
@@ -109,6 +128,7 @@ pub struct Metrics {
     outgoing_latency: Histogram,
     kv: Family<KvLabel, Counter>,
     kv_latency: Family<KvOpLabel, Histogram, fn() -> Histogram>,
+    host_calls: Family<RouteLabel, Histogram, fn() -> Histogram>,
 }
 
 impl Default for Metrics {
@@ -121,8 +141,17 @@ impl Metrics {
     /// Every metric at zero, registered for encoding.
     pub fn new() -> Self {
         let (start, factor, count) = LATENCY_BUCKETS;
-        let requests = Family::<ClassLabel, Counter>::default();
-        let guest_requests = Family::<WasiLabel, Counter>::default();
+        let requests_family = Family::<ClassLabel, Counter>::default();
+        let requests =
+            CLASSES.map(|class| requests_family.get_or_create(&ClassLabel { class }).clone());
+        let guest_requests_family = Family::<WasiLabel, Counter>::default();
+        let guest_requests = [Wasi::P2, Wasi::P3].map(|wasi| {
+            guest_requests_family
+                .get_or_create(&WasiLabel {
+                    wasi: wasi.as_str(),
+                })
+                .clone()
+        });
         let latency = Histogram::new(exponential_buckets(start, factor, count));
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
         let [traps, timeouts] = [(); 2].map(|()| Counter::default());
@@ -133,16 +162,19 @@ impl Metrics {
         let kv = Family::<KvLabel, Counter>::default();
         let kv_latency =
             Family::<KvOpLabel, Histogram, fn() -> Histogram>::new_with_constructor(kv_histogram);
+        let host_calls = Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            host_call_histogram,
+        );
         let mut registry = Registry::with_prefix("wasmhttpd");
         registry.register(
             "requests",
             "Responses sent, by status class",
-            requests.clone(),
+            requests_family,
         );
         registry.register(
             "guest_requests",
             "Requests routed to a guest, by the wasi:http it exports",
-            guest_requests.clone(),
+            guest_requests_family,
         );
         registry.register(
             "request_duration_seconds",
@@ -200,6 +232,11 @@ impl Metrics {
             "Time a key-value operation took, by store and operation",
             kv_latency.clone(),
         );
+        registry.register(
+            "guest_host_calls",
+            "Calls a WASIp2 guest made into the host for one request, by route",
+            host_calls.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -216,7 +253,20 @@ impl Metrics {
             outgoing_latency,
             kv,
             kv_latency,
+            host_calls,
         }
+    }
+
+    /// The host-call histogram of the route at `prefix`, made now so that
+    /// a request's observation takes no lock.
+    pub(crate) fn host_calls(&self, prefix: &str) -> HostCalls {
+        HostCalls(
+            self.host_calls
+                .get_or_create(&RouteLabel {
+                    route: prefix.to_owned(),
+                })
+                .clone(),
+        )
     }
 
     /// Counts a refused open of the store `store` (`""`: a name no store
@@ -275,13 +325,13 @@ impl Metrics {
     /// before it was whole, which has no meaningful duration).
     pub(crate) fn response(&self, status: StatusCode, elapsed: Option<Duration>) {
         let class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.requests.get_or_create(&ClassLabel { class }).inc();
+        self.requests[class].inc();
         if let Some(elapsed) = elapsed {
             self.latency.observe(elapsed.as_secs_f64());
         }
@@ -289,11 +339,7 @@ impl Metrics {
 
     /// Counts a request routed to a guest that exports `wasi`.
     pub(crate) fn guest_request(&self, wasi: Wasi) {
-        self.guest_requests
-            .get_or_create(&WasiLabel {
-                wasi: wasi.as_str(),
-            })
-            .inc();
+        self.guest_requests[wasi as usize].inc();
     }
 
     /// Counts a guest's fault.
@@ -360,6 +406,24 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// One route's histogram of host calls per request; a default one counts
+/// for nobody (a guest compiled but not served).
+#[derive(Clone)]
+pub(crate) struct HostCalls(Histogram);
+
+impl Default for HostCalls {
+    fn default() -> Self {
+        HostCalls(host_call_histogram())
+    }
+}
+
+impl HostCalls {
+    /// Counts a request that made `calls` calls into the host.
+    pub(crate) fn observe(&self, calls: u32) {
+        self.0.observe(f64::from(calls));
     }
 }
 

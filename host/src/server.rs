@@ -15,7 +15,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, RouteLimits};
 use crate::dispatch::{Connection, Dispatch};
-use crate::metrics::Metrics;
+use crate::metrics::{HostCalls, Metrics};
 use crate::proto::conn::Conn;
 use crate::proto::h2;
 use crate::routes::Routes;
@@ -135,7 +135,7 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
             Arc::new(guests.for_route(&route.limits))
         };
         let (name, bytes) = route.guest.read()?;
-        let loaded = Guest::load(&ctx, &name, &bytes)?;
+        let loaded = Guest::load(&ctx, &name, &bytes, HostCalls::default())?;
         let digest = loaded.guest.digest;
         if !cache.has(loaded.guest.engine(), &digest) {
             return Err(StartError::NotStored { name, dir });
@@ -370,7 +370,7 @@ impl Server {
             } else {
                 Arc::new(guests.for_route(&route.limits))
             };
-            let slot = GuestSlot::load(ctx, route.guest)?;
+            let slot = GuestSlot::load(ctx, &route.prefix, route.guest)?;
             table.push((route.prefix, Arc::new(slot)));
         }
         // Watching starts here, so that a file replaced as soon as the
@@ -512,6 +512,7 @@ impl Server {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
+                    crate::wasm::on_event_loop(index);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

@@ -70,8 +70,14 @@ impl Language {
 /// The example in `language` on `/`, with `GREETING=hi` and a store of
 /// its own in memory.
 fn serve(language: Language, limits: Limits) -> Option<TestServer> {
+    example_config(language, limits).map(TestServer::start)
+}
+
+/// The configuration [`serve`] starts, for a test that sets its event
+/// loops itself.
+fn example_config(language: Language, limits: Limits) -> Option<Config> {
     let component = language.component()?;
-    Some(TestServer::start(Config {
+    Some(Config {
         env: vec![("GREETING".to_owned(), "hi".to_owned())],
         stores: vec!["visits=memory".parse().unwrap()],
         limits: Limits {
@@ -79,7 +85,7 @@ fn serve(language: Language, limits: Limits) -> Option<TestServer> {
             ..limits
         },
         ..Config::new(support::demo_root()).with_guest(GuestSource::File(component))
-    }))
+    })
 }
 
 /// Every route of the example, the first three on one keep-alive
@@ -161,7 +167,7 @@ fn the_python_example_serves_reused_instances() {
 
 #[test]
 fn the_javascript_example_under_reuse_falls_back_to_fresh_instances() {
-    let Some(server) = serve(
+    let Some(config) = example_config(
         Language::JavaScript,
         Limits {
             reuse: 8,
@@ -170,6 +176,8 @@ fn the_javascript_example_under_reuse_falls_back_to_fresh_instances() {
     ) else {
         return;
     };
+    // One event loop: each loop reuses instances of its own.
+    let server = TestServer::start_with_loops(config);
     // A fetch-event guest answers one request per instance: its second
     // fails once, and from then on each request gets a fresh instance.
     let statuses: Vec<u16> = (0..6).map(|_| server.status("/")).collect();

@@ -9,8 +9,10 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::{TestServer, assert_closed, client, get, read_response, test_limits};
-use wasmhttpd::Limits;
+use crate::support::{
+    TestServer, assert_closed, client, demo_root, fault_guest, get, read_response, test_limits,
+};
+use wasmhttpd::{Config, GuestSource, Limits};
 
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<TestServer> = OnceLock::new();
@@ -245,11 +247,17 @@ fn a_streamed_body_arrives_intact_after_faults() {
 }
 
 /// The fault guest with instances reused for `reuse` requests.
+/// The fault guest with `--reuse reuse`, on one event loop: each loop
+/// reuses instances of its own, and these tests follow one instance
+/// from request to request.
 fn reusing(reuse: usize) -> TestServer {
-    TestServer::faults(Limits {
-        reuse,
-        guest_timeout: Duration::from_secs(1),
-        ..test_limits()
+    TestServer::start_with_loops(Config {
+        limits: Limits {
+            reuse,
+            guest_timeout: Duration::from_secs(1),
+            ..test_limits()
+        },
+        ..Config::new(demo_root()).with_guest(GuestSource::File(fault_guest()))
     })
 }
 

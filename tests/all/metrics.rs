@@ -10,7 +10,7 @@ use crate::support::{
     TestServer, demo_root, deploy, exchange_at, fault_guest, plain_guest, read_head, read_response,
     test_limits,
 };
-use wasmhttpd::{Config, GuestSource, Limits};
+use wasmhttpd::{Config, GuestSource, Limits, Route};
 
 /// The metrics text, scraped over a real connection.
 pub(crate) fn scrape(server: &TestServer) -> String {
@@ -242,4 +242,64 @@ fn readyz_turns_503_when_the_shutdown_begins_and_healthz_stays_200() {
         "alive through the grace period"
     );
     assert_eq!(probe("/readyz").text(), "shutting down\n");
+}
+
+/// Host calls the default guest makes for a small file on a fresh
+/// instance: its settings and web root, the request's method, target and
+/// fields, a stat, an open and a stat, the response and its fields, one
+/// read and one write of the file, and the ends of what it took (29 before
+/// it wrote small bodies in one call and left a 200's status as it is).
+const SMALL_FILE_HOST_CALLS: f64 = 25.0;
+
+/// The sum and the count of the host-call histogram of the route at
+/// `route`.
+fn host_calls(text: &str, route: &str) -> (f64, f64) {
+    let sample = |part: &str| {
+        value(
+            text,
+            &format!("wasmhttpd_guest_host_calls_{part}{{route=\"{route}\"}}"),
+        )
+    };
+    (sample("sum"), sample("count"))
+}
+
+#[test]
+fn host_calls_are_counted_per_route_and_a_small_file_takes_few() {
+    let server = TestServer::start(Config {
+        routes: vec![
+            Route::new("/", GuestSource::Default).unwrap(),
+            Route::new("/ok", GuestSource::File(fault_guest())).unwrap(),
+        ],
+        ..Config::new(demo_root())
+    });
+    for _ in 0..4 {
+        assert_eq!(server.status("/index.html"), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(server.status("/ok"), 200);
+    }
+    // Counted as each instance's call returns, just after its response.
+    support::eventually("every request's host calls are counted", || {
+        let text = scrape(&server);
+        host_calls(&text, "/").1 == 4.0 && host_calls(&text, "/ok").1 == 3.0
+    });
+    let text = scrape(&server);
+    let (per_file, per_ok) = (
+        host_calls(&text, "/").0 / 4.0,
+        host_calls(&text, "/ok").0 / 3.0,
+    );
+    // Answering `ok` needs a response, its body, a write and the ends.
+    assert!(per_ok >= 6.0, "{per_ok} host calls for /ok");
+    // A small file adds reading the request, finding the file and
+    // sending it: a bounded few, set by the default guest's design
+    // (docs/performance.md counts them). The runtime's own calls come on
+    // top: a deadline check when the epoch ticks mid-request.
+    assert!(
+        per_file > per_ok,
+        "{per_file} host calls for a file, {per_ok} for /ok"
+    );
+    assert!(
+        per_file <= SMALL_FILE_HOST_CALLS + 1.0,
+        "{per_file} host calls for a small file"
+    );
 }

@@ -43,6 +43,7 @@ use super::p3;
 use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::GuestSource;
+use crate::metrics::HostCalls;
 use tracing::warn;
 
 /// A guest could not be loaded.
@@ -115,6 +116,8 @@ pub struct Guest {
     /// The engine its code was compiled by.
     engine: Engine,
     ctx: Arc<GuestContext>,
+    /// Its route's count of host calls per request.
+    host_calls: HostCalls,
     /// The component's SHA-256.
     pub digest: Digest,
 }
@@ -161,8 +164,14 @@ impl GuestSource {
 
 impl Guest {
     /// Compiles (or reads from the cache) and links the component `bytes`,
-    /// named `name` in errors.
-    pub fn load(ctx: &Arc<GuestContext>, name: &str, bytes: &[u8]) -> Result<Loaded, LoadError> {
+    /// named `name` in errors, whose requests' host calls count in
+    /// `host_calls`.
+    pub(crate) fn load(
+        ctx: &Arc<GuestContext>,
+        name: &str,
+        bytes: &[u8],
+        host_calls: HostCalls,
+    ) -> Result<Loaded, LoadError> {
         let started = std::time::Instant::now();
         let invalid = |source| LoadError::Invalid {
             name: name.to_owned(),
@@ -216,6 +225,7 @@ impl Guest {
                 websocket,
                 engine,
                 ctx: ctx.clone(),
+                host_calls,
                 digest,
             },
             origin,
@@ -353,6 +363,7 @@ impl Guest {
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
         let pre = pre.clone();
         let fault = fault.clone();
+        let host_calls = self.host_calls.clone();
         let pooled = pool.is_some();
         // The instance runs inside the connection's task, polled with the
         // response's body: no task of its own, and no wake-up across
@@ -370,6 +381,7 @@ impl Guest {
                     .map(|()| proxy)
             }
             .await;
+            host_calls.observe(std::mem::take(&mut store.data_mut().host_calls));
             match result {
                 Ok(proxy) => Ok(pooled.then(|| Finished {
                     store,

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime::{
-    Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    CallHook, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -239,10 +239,11 @@ impl GuestContext {
 }
 
 impl GuestContext {
-    /// A store for one instance: the guest's WASI context, and an epoch
+    /// A store for one instance: the guest's WASI context, an epoch
     /// callback that yields every tick and interrupts the guest once it is
-    /// past its deadline, unless `lifted` is set by then. Its output is
-    /// logged under the request id `id`.
+    /// past its deadline, unless `lifted` is set by then, and a count of
+    /// the guest's calls into the host. Its output is logged under the
+    /// request id `id`.
     pub(crate) fn new_store(
         &self,
         engine: &Engine,
@@ -261,6 +262,12 @@ impl GuestContext {
             } else {
                 Ok(UpdateDeadline::Yield(1))
             }
+        });
+        store.call_hook(|mut store, hook| {
+            if let CallHook::CallingHost = hook {
+                store.data_mut().host_calls += 1;
+            }
+            Ok(())
         });
         Ok(store)
     }
@@ -365,6 +372,8 @@ pub(crate) struct GuestState {
     kv: KvCtx,
     /// What the guest reads through `wasi:config/store`.
     config: Arc<WasiConfigVariables>,
+    /// Calls into the host since the request began.
+    pub(crate) host_calls: u32,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
@@ -399,6 +408,7 @@ impl GuestState {
             kv: KvCtx::new(ctx.kv.clone(), request.clone()),
             config: ctx.config.clone(),
             request,
+            host_calls: 0,
             _live: ctx.metrics.instance(),
         })
     }

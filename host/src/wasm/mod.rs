@@ -18,4 +18,5 @@ mod output;
 mod p3;
 pub mod reload;
 mod reuse;
+pub(crate) use reuse::on_event_loop;
 pub mod websocket;

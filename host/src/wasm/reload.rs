@@ -22,12 +22,15 @@ use super::guest::{Guest, LoadError};
 use super::inspect::Wasi;
 use super::instance::GuestContext;
 use crate::config::GuestSource;
+use crate::metrics::HostCalls;
 use crate::watch::Reload;
 
 /// One route's guest: the version that runs now, and where new ones come from.
 pub struct GuestSlot {
     ctx: Arc<GuestContext>,
     source: GuestSource,
+    /// The route's count of host calls per request, for every version.
+    host_calls: HostCalls,
     current: RwLock<Arc<Guest>>,
     /// One reload at a time per slot.
     reloading: tokio::sync::Mutex<()>,
@@ -56,10 +59,15 @@ pub enum Reloaded {
 }
 
 impl GuestSlot {
-    /// Loads the first version from `source`.
-    pub fn load(ctx: Arc<GuestContext>, source: GuestSource) -> Result<GuestSlot, LoadError> {
+    /// Loads the first version from `source`, for the route at `prefix`.
+    pub fn load(
+        ctx: Arc<GuestContext>,
+        prefix: &str,
+        source: GuestSource,
+    ) -> Result<GuestSlot, LoadError> {
         let (name, bytes) = source.read()?;
-        let loaded = Guest::load(&ctx, &name, &bytes)?;
+        let host_calls = ctx.metrics.host_calls(prefix);
+        let loaded = Guest::load(&ctx, &name, &bytes, host_calls.clone())?;
         info!(
             guest = %name,
             digest = %loaded.guest.digest,
@@ -71,6 +79,7 @@ impl GuestSlot {
         Ok(GuestSlot {
             ctx,
             source,
+            host_calls,
             current: RwLock::new(Arc::new(loaded.guest)),
             reloading: tokio::sync::Mutex::new(()),
             swaps: AtomicU64::new(0),
@@ -121,12 +130,13 @@ impl GuestSlot {
     async fn load_again(&self) -> Result<Reloaded, LoadError> {
         let running = self.current().digest;
         let (ctx, source) = (self.ctx.clone(), self.source.clone());
+        let host_calls = self.host_calls.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let (name, bytes) = source.read()?;
             if Digest::of(&bytes) == running {
                 return Ok(None);
             }
-            Guest::load(&ctx, &name, &bytes).map(Some)
+            Guest::load(&ctx, &name, &bytes, host_calls).map(Some)
         })
         .await
         .map_err(|err| LoadError::Invalid {

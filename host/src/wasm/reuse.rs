@@ -18,10 +18,15 @@
 //! served with a fresh instance per request from then on
 //! ([`Pool::stop_reuse`]).
 //!
+//! Each event loop takes and gives back instances in a share of the pool
+//! of its own ([`on_event_loop`]), so an instance stays on the core whose
+//! caches hold it and no two loops wait on one lock.
+//!
 //! Reuse trades isolation for speed: a guest that keeps state between
 //! requests (a global, a cache) shows it to the next request on the same
 //! instance.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -31,6 +36,17 @@ use tokio::time::Instant;
 /// How long an idle instance is kept for the next request before it is
 /// dropped and its pool slot freed.
 pub(super) const IDLE_INSTANCE: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The index of the event loop this thread runs; 0 on any other.
+    static EVENT_LOOP: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks this thread as the event loop `index`: its requests take and give
+/// back instances in their own share of each pool.
+pub(crate) fn on_event_loop(index: usize) {
+    EVENT_LOOP.with(|event_loop| event_loop.set(index));
+}
 
 /// An instance between requests (its store and the bindings of its
 /// exports), and how many requests it has served.
@@ -42,8 +58,9 @@ pub(super) struct Idle<T> {
 
 /// The idle instances of one guest version.
 pub(super) struct Pool<T> {
-    /// The one used last at the end.
-    idle: Mutex<Vec<Idle<T>>>,
+    /// One share per core, each with the one used last at its end; event
+    /// loop `i` uses share `i` (modulo their number).
+    idle: Box<[Mutex<Vec<Idle<T>>>]>,
     /// Requests one instance serves.
     reuse: usize,
     /// Whether an instance has answered a request after its first.
@@ -56,8 +73,9 @@ impl<T: Send + 'static> Pool<T> {
     /// A pool whose instances serve `reuse` requests each; on a runtime,
     /// a task drops the instances idle too long until the pool is gone.
     pub(super) fn new(reuse: usize) -> Arc<Pool<T>> {
+        let shares = std::thread::available_parallelism().map_or(1, usize::from);
         let pool = Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
+            idle: (0..shares).map(|_| Mutex::new(Vec::new())).collect(),
             reuse,
             reused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -68,9 +86,9 @@ impl<T: Send + 'static> Pool<T> {
         pool
     }
 
-    /// The instance used last, if one is idle.
+    /// The instance this event loop used last, if one is idle.
     pub(super) fn take(&self) -> Option<Idle<T>> {
-        self.lock().pop()
+        self.lock(self.share()).pop()
     }
 
     /// Gives back an instance that has served `served` requests and answered
@@ -79,7 +97,7 @@ impl<T: Send + 'static> Pool<T> {
         if served >= self.reuse || self.stopped.load(Ordering::Relaxed) {
             return;
         }
-        self.lock().push(Idle {
+        self.lock(self.share()).push(Idle {
             instance,
             served,
             since: Instant::now(),
@@ -99,27 +117,36 @@ impl<T: Send + 'static> Pool<T> {
         if self.reused.load(Ordering::Relaxed) || self.stopped.swap(true, Ordering::Relaxed) {
             return false;
         }
-        let idle = std::mem::take(&mut *self.lock());
-        drop(idle);
+        for share in 0..self.idle.len() {
+            let idle = std::mem::take(&mut *self.lock(share));
+            drop(idle);
+        }
         true
     }
 
     /// Drops the instances idle since before `cutoff`.
     fn drop_idle_since(&self, cutoff: Instant) {
-        let stale: Vec<Idle<T>> = {
-            let mut idle = self.lock();
-            let stale = idle
-                .iter()
-                .position(|instance| instance.since >= cutoff)
-                .unwrap_or(idle.len());
-            idle.drain(..stale).collect()
-        };
-        // Dropped outside the lock: ending an instance resets its slot.
-        drop(stale);
+        for share in 0..self.idle.len() {
+            let stale: Vec<Idle<T>> = {
+                let mut idle = self.lock(share);
+                let stale = idle
+                    .iter()
+                    .position(|instance| instance.since >= cutoff)
+                    .unwrap_or(idle.len());
+                idle.drain(..stale).collect()
+            };
+            // Dropped outside the lock: ending an instance resets its slot.
+            drop(stale);
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<T>>> {
-        self.idle
+    /// The share of the event loop running this thread.
+    fn share(&self) -> usize {
+        EVENT_LOOP.with(Cell::get) % self.idle.len()
+    }
+
+    fn lock(&self, share: usize) -> std::sync::MutexGuard<'_, Vec<Idle<T>>> {
+        self.idle[share]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
