@@ -26,7 +26,9 @@
 //!   place the access log and the metrics are written.
 //! - [`outbound`]: the requests guests send, under the operator's
 //!   allow-list: checked, resolved and connected by the host.
-//! - [`metrics`]: counters and gauges, encoded for Prometheus.
+//! - [`metrics`]: counters and gauges, encoded for Prometheus
+//!   (`allocations`, with `--features count-allocations`: the count of
+//!   the host's allocations, for measuring a request's).
 //! - [`state`]: what guests keep: key-value stores (SQLite, memory)
 //!   granted by route, and `wasi:config` values.
 //! - [`proto`]: the front ends (HTTP/1.1: parse, connection loop, bodies,
@@ -39,6 +41,8 @@
 //!   WebSocket session through it; what every kind of instance shares
 //!   lives in `wasm::instance`, which knows none of them.
 
+#[cfg(feature = "count-allocations")]
+pub mod allocations;
 pub mod config;
 pub mod dispatch;
 pub mod metrics;

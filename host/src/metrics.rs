@@ -237,6 +237,12 @@ impl Metrics {
             "Calls a WASIp2 guest made into the host for one request, by route",
             host_calls.clone(),
         );
+        #[cfg(feature = "count-allocations")]
+        registry.register(
+            "allocations",
+            "Allocations the process has made (a build with --features count-allocations)",
+            Allocations,
+        );
         Metrics {
             registry,
             requests,
@@ -406,6 +412,28 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// The count of the counting allocator, read as the metrics are encoded.
+#[cfg(feature = "count-allocations")]
+#[derive(Debug)]
+struct Allocations;
+
+#[cfg(feature = "count-allocations")]
+impl prometheus_client::encoding::EncodeMetric for Allocations {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+            &crate::allocations::count(),
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Counter
     }
 }
 

@@ -33,8 +33,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,10 @@ use tokio::time::Sleep;
 use tracing::{info, warn};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, TlsAlertReceivedPayload};
-use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error, ForbiddenHeaderFilter, RequestOptions, WasiBody,
+    WasiHttpHooks, WasiHttpView,
+};
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Outgoing};
@@ -127,7 +130,21 @@ type Sent = (
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 );
 
+/// The headers a guest may not set (hop-by-hop fields and `Host`), as
+/// one filter made once: wasmtime-wasi-http's default makes a new one for
+/// every header it checks.
+static FORBIDDEN_HEADERS: LazyLock<ForbiddenHeaderFilter> =
+    LazyLock::new(|| Arc::new(|name| DEFAULT_FORBIDDEN_HEADERS.contains(name)));
+
 impl WasiHttpHooks for Hooks {
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        FORBIDDEN_HEADERS.clone()
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
