@@ -264,7 +264,13 @@ fn a_p3_guest_reaches_what_the_allow_list_names() {
 
 #[test]
 fn concurrent_requests_share_one_instance() {
-    let server = Arc::new(p3_server(test_limits(), &[]));
+    // One event loop: each loop has instances of its own, and a request's
+    // loop is the kernel's choice.
+    let server = Arc::new(TestServer::start_with_loops(Config {
+        limits: test_limits(),
+        event_loops: 1,
+        ..Config::new(demo_root()).with_guest(GuestSource::File(p3_guest()))
+    }));
     // One request makes the instance; those after it join it while the
     // first waits.
     let sleepers: Vec<_> = (0..8)
@@ -281,23 +287,16 @@ fn concurrent_requests_share_one_instance() {
     server.eventually("every request is in", |monitor| {
         monitor.requests_running() >= 1
     });
-    // Each event loop may start an instance of its own: the count's
-    // instance holds several of the sleepers (and the count).
-    let mut in_instance = 0;
+    // The count's instance holds several of the sleepers (and the count).
+    // How many instances the others took is the handler's choice: it
+    // starts one for a request that finds every instance busy.
     eventually("the requests share an instance", || {
         let [_, running, _] = count(server.addr);
-        in_instance = running;
         running >= 3
     });
-    assert!(
-        server.monitor.guest_instances() < 8,
-        "{} instances for 8 requests",
-        server.monitor.guest_instances()
-    );
     for sleeper in sleepers {
         assert_eq!(sleeper.join().unwrap(), 200);
     }
-    assert!(in_instance >= 3);
 }
 
 #[test]
