@@ -175,6 +175,22 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The socket another event loop accepts from: with `SO_REUSEPORT` on
+/// `listener` (`--reuse-port`), a socket of its own bound to the same
+/// address, so that the kernel spreads new connections evenly among the
+/// loops' sockets (as nginx's `reuseport` does); otherwise a handle of its
+/// own to the same socket, whose connections go to whichever loop accepts
+/// first. A port is not shared unless the operator asked for it: without
+/// `SO_REUSEPORT`, a second server on the same port fails to start.
+fn listener_of_loop(listener: &TcpListener) -> io::Result<std::net::TcpListener> {
+    if socket2::SockRef::from(listener).reuse_port()? {
+        return bind_shared(listener.local_addr()?)?.into_std();
+    }
+    Ok(std::net::TcpListener::from(
+        listener.as_fd().try_clone_to_owned()?,
+    ))
+}
+
 /// The listening socket this process inherited by socket activation
 /// (`LISTEN_FDS` and `LISTEN_PID`, as systemd and `systemfd` pass it), or
 /// `None` when it was given none. The socket outlives any one process, so
@@ -490,8 +506,8 @@ impl Server {
         let mut loops = Vec::new();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         for index in 1..self.event_loops {
-            let socket = match listener.as_fd().try_clone_to_owned() {
-                Ok(socket) => std::net::TcpListener::from(socket),
+            let socket = match listener_of_loop(listener) {
+                Ok(socket) => socket,
                 Err(err) => {
                     error!(cause = %err, "cannot share the listener with another event loop");
                     break;
@@ -535,7 +551,9 @@ impl Server {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
                         server.accept(&listener, &connections, stop).await;
-                        drop(listener);
+                        // Its own socket's queue is served as the first
+                        // loop's is.
+                        server.close_listener(listener, &connections);
                         let _ = released.wait_for(|release| *release).await;
                     });
                 });

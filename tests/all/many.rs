@@ -627,3 +627,39 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
         labels
     );
 }
+
+/// Listening sockets bound to `port` on IPv4, from the kernel's table.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is IP:PORT in hex; state 0A is LISTEN.
+            fields.len() > 3 && fields[3] == "0A" && fields[1].ends_with(&format!(":{port:04X}"))
+        })
+        .count()
+}
+
+#[test]
+fn with_a_shared_port_each_event_loop_listens_on_a_socket_of_its_own() {
+    // --reuse-port: the kernel spreads connections among the loops' sockets.
+    let shared = replica("127.0.0.1:0", &["--reuse-port", "--event-loops", "2"]);
+    eventually("each loop listens", || {
+        listening_sockets(shared.addr.port()) == 2
+    });
+    // Without it the port is not shared: one socket, which both loops
+    // accept from.
+    let single = replica("127.0.0.1:0", &["--event-loops", "2"]);
+    assert_eq!(listening_sockets(single.addr.port()), 1);
+    for server in [&shared, &single] {
+        for _ in 0..8 {
+            let response = exchange_at(
+                server.addr,
+                b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            );
+            assert_eq!(response.status, 200);
+        }
+    }
+}
