@@ -263,6 +263,26 @@ fn host_calls(text: &str, route: &str) -> (f64, f64) {
     (sample("sum"), sample("count"))
 }
 
+/// The fewest host calls counted for one of five requests for `path` on
+/// the route at `route`, each counted apart: the runtime's own calls (a
+/// deadline check when the epoch ticks mid-request, every 10 ms) come on
+/// top of the guest's in a slow request.
+fn fewest_host_calls(server: &TestServer, route: &str, path: &str) -> f64 {
+    let mut fewest = f64::MAX;
+    for _ in 0..5 {
+        let (sum, count) = host_calls(&scrape(server), route);
+        assert_eq!(server.status(path), 200);
+        // Counted as the instance's call returns, just after its response.
+        let mut after = (sum, count);
+        support::eventually("the request's host calls are counted", || {
+            after = host_calls(&scrape(server), route);
+            after.1 == count + 1.0
+        });
+        fewest = fewest.min(after.0 - sum);
+    }
+    fewest
+}
+
 #[test]
 fn host_calls_are_counted_per_route_and_a_small_file_takes_few() {
     let server = TestServer::start(Config {
@@ -272,34 +292,19 @@ fn host_calls_are_counted_per_route_and_a_small_file_takes_few() {
         ],
         ..Config::new(demo_root())
     });
-    for _ in 0..4 {
-        assert_eq!(server.status("/index.html"), 200);
-    }
-    for _ in 0..3 {
-        assert_eq!(server.status("/ok"), 200);
-    }
-    // Counted as each instance's call returns, just after its response.
-    support::eventually("every request's host calls are counted", || {
-        let text = scrape(&server);
-        host_calls(&text, "/").1 == 4.0 && host_calls(&text, "/ok").1 == 3.0
-    });
-    let text = scrape(&server);
-    let (per_file, per_ok) = (
-        host_calls(&text, "/").0 / 4.0,
-        host_calls(&text, "/ok").0 / 3.0,
-    );
+    let per_file = fewest_host_calls(&server, "/", "/index.html");
+    let per_ok = fewest_host_calls(&server, "/ok", "/ok");
     // Answering `ok` needs a response, its body, a write and the ends.
     assert!(per_ok >= 6.0, "{per_ok} host calls for /ok");
     // A small file adds reading the request, finding the file and
     // sending it: a bounded few, set by the default guest's design
-    // (docs/performance.md counts them). The runtime's own calls come on
-    // top: a deadline check when the epoch ticks mid-request.
+    // (docs/performance.md counts them).
     assert!(
         per_file > per_ok,
         "{per_file} host calls for a file, {per_ok} for /ok"
     );
     assert!(
-        per_file <= SMALL_FILE_HOST_CALLS + 1.0,
+        per_file <= SMALL_FILE_HOST_CALLS,
         "{per_file} host calls for a small file"
     );
 }
