@@ -203,7 +203,13 @@ impl Settings {
             tls,
             stores: startup.kv_store,
             data_dir: startup.data_dir,
-            event_loops: 1,
+            // One event loop per core unless told otherwise; tokio's
+            // work-stealing runtime is one loop of several threads.
+            event_loops: match (startup.work_stealing, startup.event_loops) {
+                (true, _) => 1,
+                (false, Some(loops)) => loops,
+                (false, None) => std::thread::available_parallelism().map_or(1, usize::from),
+            },
         })
     }
 }
@@ -307,13 +313,7 @@ fn run() -> Result<(), Failure> {
     };
     let compiling = settings.compile;
     let work_stealing = settings.startup.work_stealing;
-    let event_loops = match (work_stealing, settings.startup.event_loops) {
-        (true, _) => 1,
-        (false, Some(loops)) => loops,
-        (false, None) => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    let mut config = settings.into_config().map_err(Failure::Usage)?;
-    config.event_loops = event_loops;
+    let config = settings.into_config().map_err(Failure::Usage)?;
     if listeners.redirect.is_some() && config.tls.is_none() {
         return Err(Failure::Usage(anyhow::anyhow!(
             "--http-redirect sends clients to https: give --tls-cert and --tls-key"
