@@ -461,10 +461,14 @@ impl Server {
         let connections = Arc::new(Semaphore::new(max_connections));
         let (stop_accepting, stopped) = watch::channel(false);
         let (release, released) = watch::channel(false);
-        let loops = self.start_event_loops(&listener, &connections, &stopped, &released);
+        let (loops, closing) = self.start_event_loops(&listener, &connections, &stopped, &released);
         self.accept(&listener, &connections, shutdown).await;
         stop_accepting.send_replace(true);
-        let queued = self.close_listener(listener, &connections);
+        let mut queued = self.close_listener(listener, &connections);
+        // The port is closed once every loop has closed its listener.
+        for closed in closing {
+            queued += closed.await.unwrap_or(0);
+        }
         self.shared.shutdown.send_replace(true);
         let open = max_connections - connections.available_permits();
         let grace = limits.shutdown_grace;
@@ -493,17 +497,23 @@ impl Server {
     }
 
     /// Starts the event loops past the first (this one): each a thread with
-    /// a single-threaded runtime that accepts from `listener` (a handle of
-    /// its own to the same socket) until `stopped`, and serves what it
-    /// accepted until `released`.
+    /// a single-threaded runtime that accepts from `listener` (or a socket
+    /// of its own on the same address, see [`listener_of_loop`]) until
+    /// `stopped`, and serves what it accepted until `released`. Each loop's
+    /// receiver tells how many queued connections it took as it closed its
+    /// listener (or that it has none).
     fn start_event_loops(
         &self,
         listener: &TcpListener,
         connections: &Arc<Semaphore>,
         stopped: &watch::Receiver<bool>,
         released: &watch::Receiver<bool>,
-    ) -> Vec<std::thread::JoinHandle<()>> {
+    ) -> (
+        Vec<std::thread::JoinHandle<()>>,
+        Vec<tokio::sync::oneshot::Receiver<usize>>,
+    ) {
         let mut loops = Vec::new();
+        let mut closing = Vec::new();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         for index in 1..self.event_loops {
             let socket = match listener_of_loop(listener) {
@@ -517,6 +527,8 @@ impl Server {
             let (connections, mut stopped, mut released) =
                 (connections.clone(), stopped.clone(), released.clone());
             let core = cores.get(index).copied();
+            let (closed, closed_rx) = tokio::sync::oneshot::channel();
+            closing.push(closed_rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("wasmhttpd-{index}"))
                 .spawn(move || {
@@ -553,7 +565,7 @@ impl Server {
                         server.accept(&listener, &connections, stop).await;
                         // Its own socket's queue is served as the first
                         // loop's is.
-                        server.close_listener(listener, &connections);
+                        let _ = closed.send(server.close_listener(listener, &connections));
                         let _ = released.wait_for(|release| *release).await;
                     });
                 });
@@ -562,7 +574,7 @@ impl Server {
                 Err(err) => error!(cause = %err, "cannot start an event loop's thread"),
             }
         }
-        loops
+        (loops, closing)
     }
 
     /// This server as another event loop serves it: the same shared state,
