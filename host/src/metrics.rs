@@ -8,6 +8,7 @@
 //! | `wasmhttpd_guest_requests_total{wasi}` | counter | requests routed to a guest, by the `wasi:http` it exports (`p2`, `p3`) |
 //! | `wasmhttpd_request_duration_seconds` | histogram | from the request head to the response's last byte |
 //! | `wasmhttpd_open_connections` | gauge | client connections open now |
+//! | `wasmhttpd_event_loop_connections{event_loop}` | gauge | client connections open now on each event loop (`0` …), which shows how evenly the kernel spreads them |
 //! | `wasmhttpd_guest_instances` | gauge | guest instances alive now (requests, reused, WebSocket) |
 //! | `wasmhttpd_websocket_sessions` | gauge | WebSocket sessions open now |
 //! | `wasmhttpd_guest_traps_total` | counter | guests that trapped (panic, `unreachable`, out of memory) |
@@ -67,6 +68,11 @@ struct RouteLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLoopLabel {
+    event_loop: usize,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KvOpLabel {
     store: String,
     op: &'static str,
@@ -118,6 +124,7 @@ pub struct Metrics {
     guest_requests: [Counter; 2],
     latency: Histogram,
     connections: Gauge,
+    event_loop_connections: Family<EventLoopLabel, Gauge>,
     instances: Gauge,
     websocket_sessions: Gauge,
     traps: Counter,
@@ -154,6 +161,7 @@ impl Metrics {
         });
         let latency = Histogram::new(exponential_buckets(start, factor, count));
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
+        let event_loop_connections = Family::<EventLoopLabel, Gauge>::default();
         let [traps, timeouts] = [(); 2].map(|()| Counter::default());
         let reloads = Family::<ResultLabel, Counter>::default();
         let outgoing = Family::<ResultLabel, Counter>::default();
@@ -185,6 +193,11 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             connections.clone(),
+        );
+        registry.register(
+            "event_loop_connections",
+            "Client connections open now, by the event loop that serves them",
+            event_loop_connections.clone(),
         );
         registry.register(
             "guest_instances",
@@ -249,6 +262,7 @@ impl Metrics {
             guest_requests,
             latency,
             connections,
+            event_loop_connections,
             instances,
             websocket_sessions,
             traps,
@@ -391,9 +405,21 @@ impl Metrics {
         self.instances.get()
     }
 
-    /// Counts an open connection until the guard is dropped.
-    pub(crate) fn connection(self: &Arc<Self>) -> Open {
-        Open::new(self, |metrics| &metrics.connections)
+    /// Counts an open connection, in all and on the event loop whose gauge
+    /// is `event_loop`, until the guards are dropped.
+    pub(crate) fn connection(self: &Arc<Self>, event_loop: &Gauge) -> (Open, Held) {
+        (
+            Open::new(self, |metrics| &metrics.connections),
+            Held::new(event_loop),
+        )
+    }
+
+    /// The open-connections gauge of event loop `index`, made now so that
+    /// counting a connection on it takes no lock.
+    pub(crate) fn event_loop(&self, index: usize) -> Gauge {
+        self.event_loop_connections
+            .get_or_create(&EventLoopLabel { event_loop: index })
+            .clone()
     }
 
     /// Counts a live guest instance until the guard is dropped.
@@ -491,5 +517,21 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         (self.gauge)(&self.metrics).dec();
+    }
+}
+
+/// One on a gauge of its own, until dropped.
+pub(crate) struct Held(Gauge);
+
+impl Held {
+    fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -234,6 +235,8 @@ pub struct Server {
     watching: Option<Watching>,
     /// Event loops that accept and serve connections, this one included.
     event_loops: usize,
+    /// The open connections of the event loop this handle runs on.
+    loop_connections: Gauge,
 }
 
 /// A view of a server's load while it runs.
@@ -406,6 +409,10 @@ impl Server {
             None
         };
         let shutdown = watch::Sender::new(false);
+        // Every loop's series is there from the start, at 0.
+        let event_loops = config.event_loops.max(1);
+        let loop_connections = (0..event_loops).map(|index| metrics.event_loop(index));
+        let loop_connections = loop_connections.collect::<Vec<_>>().swap_remove(0);
         let dispatch = Dispatch::new(
             Routes::new(table),
             config.limits,
@@ -420,7 +427,8 @@ impl Server {
                 tls,
             }),
             watching,
-            event_loops: config.event_loops.max(1),
+            event_loops,
+            loop_connections,
         })
     }
 
@@ -523,7 +531,7 @@ impl Server {
                     break;
                 }
             };
-            let server = self.for_event_loop();
+            let server = self.for_event_loop(index);
             let (connections, mut stopped, mut released) =
                 (connections.clone(), stopped.clone(), released.clone());
             let core = cores.get(index).copied();
@@ -577,13 +585,14 @@ impl Server {
         (loops, closing)
     }
 
-    /// This server as another event loop serves it: the same shared state,
+    /// This server as event loop `index` serves it: the same shared state,
     /// nothing that only the first loop runs.
-    fn for_event_loop(&self) -> Server {
+    fn for_event_loop(&self, index: usize) -> Server {
         Server {
             shared: self.shared.clone(),
             watching: None,
             event_loops: 1,
+            loop_connections: self.shared.dispatch.metrics().event_loop(index),
         }
     }
 
@@ -654,7 +663,7 @@ impl Server {
             return;
         };
         let dispatch = self.shared.dispatch.clone();
-        let open = dispatch.metrics().connection();
+        let open = dispatch.metrics().connection(&self.loop_connections);
         let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(
             async move {

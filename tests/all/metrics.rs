@@ -178,6 +178,39 @@ fn gauges_follow_connections_instances_and_sessions() {
 }
 
 #[test]
+fn each_event_loop_counts_the_connections_it_serves() {
+    // Two loops (the tests' default): each has its own series from the
+    // start, and between them they hold every open connection.
+    let server = TestServer::faults(test_limits());
+    let text = scrape(&server);
+    for event_loop in ["0", "1"] {
+        let series = format!("wasmhttpd_event_loop_connections{{event_loop=\"{event_loop}\"}} 0");
+        assert!(text.contains(&series), "{series} in {text}");
+    }
+    let connections: Vec<_> = (0..16)
+        .map(|_| {
+            let mut stream = server.connect();
+            stream.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            let mut reader = BufReader::new(stream);
+            let response = read_response(&mut reader, false);
+            assert_eq!(response.status, 200);
+            reader
+        })
+        .collect();
+    let on_loops = |text: &str| {
+        value(text, "wasmhttpd_event_loop_connections{event_loop=\"0\"}")
+            + value(text, "wasmhttpd_event_loop_connections{event_loop=\"1\"}")
+    };
+    let text = scrape(&server);
+    assert_eq!(on_loops(&text), 16.0, "{text}");
+    assert_eq!(value(&text, "wasmhttpd_open_connections"), 16.0);
+    drop(connections);
+    support::eventually("the loops' connections close", || {
+        on_loops(&scrape(&server)) == 0.0
+    });
+}
+
+#[test]
 fn the_endpoint_serves_only_its_path() {
     let server = TestServer::faults(test_limits());
     let missing = exchange_at(server.metrics_addr, b"GET / HTTP/1.1\r\nHost: m\r\n\r\n");
