@@ -7,7 +7,7 @@
 //! of the next request stay in the buffer. The answers do not depend on
 //! how the bytes were split across reads (the fuzz target checks this).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::decode::ChunkedDecoder;
 use crate::error::Error;
@@ -76,7 +76,7 @@ impl RequestReader {
         else {
             return Ok(None);
         };
-        let _ = buf.split_to(len);
+        buf.advance(len);
         self.state = State::Body(match head.body {
             BodyKind::Empty => Body::Empty,
             BodyKind::Length(n) if n > self.limits.max_body => Body::TooLarge,

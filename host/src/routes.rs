@@ -11,13 +11,18 @@ use crate::wasm::reload::GuestSlot;
 
 /// The route table.
 pub struct Routes {
-    /// Longest prefix first.
-    table: Vec<(String, Arc<GuestSlot>)>,
+    /// Longest prefix first; each request's exchange keeps its route's
+    /// prefix without a copy.
+    table: Vec<(Arc<str>, Arc<GuestSlot>)>,
 }
 
 impl Routes {
     /// A table of `(prefix, slot)` pairs; prefixes are distinct.
-    pub fn new(mut table: Vec<(String, Arc<GuestSlot>)>) -> Routes {
+    pub fn new(table: Vec<(String, Arc<GuestSlot>)>) -> Routes {
+        let mut table: Vec<(Arc<str>, _)> = table
+            .into_iter()
+            .map(|(prefix, slot)| (prefix.into(), slot))
+            .collect();
         table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Routes { table }
     }
@@ -28,11 +33,11 @@ impl Routes {
     }
 
     /// The prefix and slot of the route that takes `path`, if any.
-    pub fn route(&self, path: &str) -> Option<(&str, &Arc<GuestSlot>)> {
+    pub fn route(&self, path: &str) -> Option<(&Arc<str>, &Arc<GuestSlot>)> {
         self.table
             .iter()
             .find(|(prefix, _)| takes(prefix, path))
-            .map(|(prefix, slot)| (prefix.as_str(), slot))
+            .map(|(prefix, slot)| (prefix, slot))
     }
 
     /// Every route's slot.

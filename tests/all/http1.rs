@@ -117,9 +117,21 @@ fn head_sends_the_get_headers_and_no_body() {
 fn every_response_has_a_valid_date_header() {
     let response = demo().exchange(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     let date = response.header("date").expect("Date header");
-    httpdate::parse_http_date(date).expect("IMF-fixdate");
+    let first = httpdate::parse_http_date(date).expect("IMF-fixdate");
     let response = demo().exchange(b"GET / HTTP/9.9\r\n\r\n");
     assert!(response.header("date").is_some());
+    // The date is the time of the response, not of an earlier one: once
+    // the clock has passed the first date's second, a later response has
+    // a later date.
+    let next_second = first + std::time::Duration::from_secs(1);
+    while std::time::SystemTime::now() < next_second {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let response = demo().exchange(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let later = httpdate::parse_http_date(response.header("date").unwrap()).unwrap();
+    assert!(later > first, "{later:?} after {first:?}");
+    let now = std::time::SystemTime::now();
+    assert!(now.duration_since(later).unwrap() < std::time::Duration::from_secs(2));
 }
 
 #[test]

@@ -118,7 +118,7 @@ impl Dispatch {
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |target| target.to_string()),
             version,
-            route: route.map(|(prefix, slot)| (prefix.to_owned(), slot.current())),
+            route: route.map(|(prefix, slot)| (prefix.clone(), slot.current())),
             conn,
             metrics: self.metrics.clone(),
         }
@@ -221,7 +221,7 @@ pub struct Exchange {
     target: String,
     version: Version,
     /// The route's prefix and the guest version that serves the request.
-    route: Option<(String, Arc<Guest>)>,
+    route: Option<(Arc<str>, Arc<Guest>)>,
     conn: Connection,
     metrics: Arc<Metrics>,
 }
@@ -279,7 +279,7 @@ impl Exchange {
             target = %self.target,
             protocol = %protocol,
             tls = self.conn.tls,
-            route = %self.route.as_ref().map_or("-", |(prefix, _)| prefix.as_str()),
+            route = %self.route.as_ref().map_or("-", |(prefix, _)| &**prefix),
             wasi = %wasi,
             status = status.as_u16(),
             bytes,

@@ -281,9 +281,10 @@ impl<S: Transport> Conn<S> {
             Ok(switch) => switch,
             Err(response) => return self.reject(exchange, response).await,
         };
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
         self.out.clear();
-        websocket::encode_switch(&mut self.out, &handshake.accept, switch.protocol(), &date);
+        super::with_date(|date| {
+            websocket::encode_switch(&mut self.out, &handshake.accept, switch.protocol(), date);
+        });
         let Ok(sent) = self.flush_out().await else {
             debug!(
                 id = exchange.id,
@@ -525,16 +526,17 @@ impl<S: Transport> Conn<S> {
         };
         let mut keep_alive = keep_alive && framing != Framing::Close;
         self.out.clear();
-        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        role::encode_response_head(
-            &mut self.out,
-            status,
-            &parts.headers,
-            framing,
-            keep_alive,
-            version,
-            &date,
-        );
+        super::with_date(|date| {
+            role::encode_response_head(
+                &mut self.out,
+                status,
+                &parts.headers,
+                framing,
+                keep_alive,
+                version,
+                date,
+            );
+        });
         let head_len = self.out.len() as u64;
         if head_only || framing == Framing::None {
             drop(body);

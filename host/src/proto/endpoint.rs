@@ -111,16 +111,17 @@ fn head_bytes(
     version: Version,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    role::encode_response_head(
-        &mut out,
-        status,
-        headers,
-        Framing::Length(length),
-        keep_alive,
-        version,
-        &date,
-    );
+    super::with_date(|date| {
+        role::encode_response_head(
+            &mut out,
+            status,
+            headers,
+            Framing::Length(length),
+            keep_alive,
+            version,
+            date,
+        );
+    });
     out
 }
 

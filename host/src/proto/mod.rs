@@ -22,7 +22,30 @@
 
 pub use wasmhttpd_h1::{decode, encode, error, reader, role};
 
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 pub(crate) mod conn;
 pub mod endpoint;
 pub mod h2;
 mod websocket;
+
+thread_local! {
+    /// This thread's `Date`, and the second it was formatted for.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+}
+
+/// Calls `f` with the `Date` of a response sent now (RFC 9110 §6.6.1),
+/// formatted once a second on each thread, as nginx keeps its time: not
+/// once per response.
+pub(crate) fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(formatted_at, date)| {
+        if *formatted_at != second || date.is_empty() {
+            *formatted_at = second;
+            *date = httpdate::fmt_http_date(now);
+        }
+        f(date)
+    })
+}
