@@ -44,6 +44,7 @@
 #[cfg(feature = "count-allocations")]
 pub mod allocations;
 pub mod config;
+mod cores;
 pub mod dispatch;
 pub mod metrics;
 pub mod outbound;
@@ -56,6 +57,7 @@ pub mod wasm;
 pub mod watch;
 
 pub use config::{Config, GuestSource, Limits, Route, RouteLimits, Startup};
+pub use cores::unpin_thread;
 pub use server::{
     Compiled, Monitor, Reloader, Server, StartError, bind, bind_shared, compile, inherited_listener,
 };

@@ -327,6 +327,7 @@ fn run() -> Result<(), Failure> {
         tokio::runtime::Builder::new_current_thread()
     }
     .enable_all()
+    .on_thread_start(wasmhttpd::unpin_thread)
     .build()
     .context("cannot start the async runtime")
     .map_err(Failure::Start)?;

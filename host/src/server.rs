@@ -15,6 +15,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::config::{Config, GuestSource, RouteLimits};
+use crate::cores;
 use crate::dispatch::{Connection, Dispatch};
 use crate::metrics::{HostCalls, Metrics};
 use crate::proto::conn::Conn;
@@ -457,7 +458,11 @@ impl Server {
     /// as many event loops accept from the listener, each on a thread of
     /// its own with a single-threaded runtime (this one, the caller's,
     /// being the first): a connection, its requests, its guest calls and
-    /// its body stay on the loop that accepted it.
+    /// its body stay on the loop that accepted it. Each loop is pinned to a
+    /// core of its own, the caller's thread too while this runs: a runtime
+    /// that calls this starts its own threads with
+    /// `on_thread_start(wasmhttpd::unpin_thread)`, so that they do not
+    /// inherit the first loop's core.
     pub async fn run(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         // Stops, with the watching, when the server stops.
         let _reloads = self
@@ -469,7 +474,14 @@ impl Server {
         let connections = Arc::new(Semaphore::new(max_connections));
         let (stop_accepting, stopped) = watch::channel(false);
         let (release, released) = watch::channel(false);
+        // The first loop is pinned as the others are, once they have
+        // started (threads this one starts later unpin themselves, see
+        // `unpin_thread`).
+        let first_core = cores::of_loop(0).filter(|_| self.event_loops > 1);
         let (loops, closing) = self.start_event_loops(&listener, &connections, &stopped, &released);
+        if let Some(cpu) = first_core {
+            cores::pin(cpu);
+        }
         self.accept(&listener, &connections, shutdown).await;
         stop_accepting.send_replace(true);
         let mut queued = self.close_listener(listener, &connections);
@@ -502,6 +514,9 @@ impl Server {
             }
         })
         .await;
+        if first_core.is_some() {
+            cores::unpin_thread();
+        }
     }
 
     /// Starts the event loops past the first (this one): each a thread with
@@ -522,7 +537,6 @@ impl Server {
     ) {
         let mut loops = Vec::new();
         let mut closing = Vec::new();
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
         for index in 1..self.event_loops {
             let socket = match listener_of_loop(listener) {
                 Ok(socket) => socket,
@@ -534,23 +548,19 @@ impl Server {
             let server = self.for_event_loop(index);
             let (connections, mut stopped, mut released) =
                 (connections.clone(), stopped.clone(), released.clone());
-            let core = cores.get(index).copied();
+            let core = cores::of_loop(index);
             let (closed, closed_rx) = tokio::sync::oneshot::channel();
             closing.push(closed_rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("wasmhttpd-{index}"))
                 .spawn(move || {
-                    // On a core of its own, as nginx's workers with
-                    // worker_cpu_affinity: its caches stay warm and the
-                    // scheduler never moves it. (The first loop, whose
-                    // thread also starts the blocking threads, is not
-                    // pinned: those would inherit its core.)
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
+                    if let Some(cpu) = core {
+                        cores::pin(cpu);
                     }
                     crate::wasm::on_event_loop(index);
                     let runtime = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_start(cores::unpin_thread)
                         .build()
                     {
                         Ok(runtime) => runtime,

@@ -628,6 +628,82 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
     );
 }
 
+/// The name and allowed cores (`Cpus_allowed_list`) of each of `pid`'s
+/// threads.
+fn thread_cores(pid: u32) -> Vec<(String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("status")),
+        ) else {
+            continue; // the thread has ended
+        };
+        let cores = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        threads.push((name.trim().to_owned(), cores));
+    }
+    threads
+}
+
+#[test]
+fn each_event_loop_runs_on_a_core_of_its_own_and_the_threads_they_start_on_any() {
+    let own = std::fs::read_to_string("/proc/self/status").unwrap();
+    let all = own
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    if std::thread::available_parallelism().unwrap().get() < 2 {
+        eprintln!("one core only ({all}): no loops to pin apart");
+        return;
+    }
+    let guest = fault_guest();
+    let server = replica(
+        "127.0.0.1:0",
+        &["--event-loops", "2", "--guest", guest.to_str().unwrap()],
+    );
+    // A reload compiles on a thread of the first loop's blocking pool.
+    server.signal("HUP");
+    let pid = server.child.id();
+    eventually("the loops pinned and a blocking thread started", || {
+        let threads = thread_cores(pid);
+        let core = |name: &str| {
+            threads
+                .iter()
+                .find(|(thread, _)| thread == name)
+                .map(|(_, cores)| cores.clone())
+        };
+        let (Some(first), Some(second)) = (core("wasmhttpd"), core("wasmhttpd-1")) else {
+            return false;
+        };
+        let blocking: Vec<&String> = threads
+            .iter()
+            .filter(|(name, _)| name.starts_with("tokio-rt"))
+            .map(|(_, cores)| cores)
+            .collect();
+        // One core each, not the same one; the blocking pool's threads on
+        // every core the process may use, as the test's own thread is.
+        let pinned = |cores: &str| cores.parse::<usize>().is_ok();
+        pinned(&first)
+            && pinned(&second)
+            && first != second
+            && !blocking.is_empty()
+            && blocking.iter().all(|cores| **cores == all)
+    });
+    let response = exchange_at(
+        server.addr,
+        b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(response.status, 200);
+}
+
 /// Listening sockets bound to `port` on IPv4, from the kernel's table.
 fn listening_sockets(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();

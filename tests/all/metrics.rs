@@ -190,7 +190,9 @@ fn each_event_loop_counts_the_connections_it_serves() {
     let connections: Vec<_> = (0..16)
         .map(|_| {
             let mut stream = server.connect();
-            stream.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            stream
+                .write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
             let mut reader = BufReader::new(stream);
             let response = read_response(&mut reader, false);
             assert_eq!(response.status, 200);

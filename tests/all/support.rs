@@ -108,6 +108,7 @@ impl TestServer {
         let thread = thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_start(wasmhttpd::unpin_thread)
                 .build()
                 .expect("tokio runtime");
             runtime.block_on(async move {

@@ -40,7 +40,9 @@ thread_local! {
 /// once per response.
 pub(crate) fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
     DATE.with_borrow_mut(|(formatted_at, date)| {
         if *formatted_at != second || date.is_empty() {
             *formatted_at = second;
