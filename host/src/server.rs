@@ -412,8 +412,10 @@ impl Server {
         let shutdown = watch::Sender::new(false);
         // Every loop's series is there from the start, at 0.
         let event_loops = config.event_loops.max(1);
-        let loop_connections = (0..event_loops).map(|index| metrics.event_loop(index));
-        let loop_connections = loop_connections.collect::<Vec<_>>().swap_remove(0);
+        for index in 1..event_loops {
+            metrics.event_loop(index);
+        }
+        let loop_connections = metrics.event_loop(0);
         let dispatch = Dispatch::new(
             Routes::new(table),
             config.limits,
