@@ -21,7 +21,6 @@
 //! | `wasmhttpd_kv_operation_duration_seconds{store,op}` | histogram | how long each key-value operation took |
 //! | `wasmhttpd_guest_host_calls{route}` | histogram | calls a WASIp2 guest made into the host for one request (each crosses the component boundary) |
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -407,11 +406,8 @@ impl Metrics {
 
     /// Counts an open connection, in all and on the event loop whose gauge
     /// is `event_loop`, until the guards are dropped.
-    pub(crate) fn connection(self: &Arc<Self>, event_loop: &Gauge) -> (Open, Held) {
-        (
-            Open::new(self, |metrics| &metrics.connections),
-            Held::new(event_loop),
-        )
+    pub(crate) fn connection(&self, event_loop: &Gauge) -> [Open; 2] {
+        [Open::new(&self.connections), Open::new(event_loop)]
     }
 
     /// The open-connections gauge of event loop `index`, made now so that
@@ -423,13 +419,13 @@ impl Metrics {
     }
 
     /// Counts a live guest instance until the guard is dropped.
-    pub(crate) fn instance(self: &Arc<Self>) -> Open {
-        Open::new(self, |metrics| &metrics.instances)
+    pub(crate) fn instance(&self) -> Open {
+        Open::new(&self.instances)
     }
 
     /// Counts an open WebSocket session until the guard is dropped.
-    pub(crate) fn websocket_session(self: &Arc<Self>) -> Open {
-        Open::new(self, |metrics| &metrics.websocket_sessions)
+    pub(crate) fn websocket_session(&self) -> Open {
+        Open::new(&self.websocket_sessions)
     }
 
     /// The metrics in the OpenMetrics text format.
@@ -499,38 +495,16 @@ impl KvCounted {
 }
 
 /// Holds one unit of a gauge while something is open.
-pub(crate) struct Open {
-    metrics: Arc<Metrics>,
-    gauge: fn(&Metrics) -> &Gauge,
-}
+pub(crate) struct Open(Gauge);
 
 impl Open {
-    fn new(metrics: &Arc<Metrics>, gauge: fn(&Metrics) -> &Gauge) -> Open {
-        gauge(metrics).inc();
-        Open {
-            metrics: metrics.clone(),
-            gauge,
-        }
+    fn new(gauge: &Gauge) -> Open {
+        gauge.inc();
+        Open(gauge.clone())
     }
 }
 
 impl Drop for Open {
-    fn drop(&mut self) {
-        (self.gauge)(&self.metrics).dec();
-    }
-}
-
-/// One on a gauge of its own, until dropped.
-pub(crate) struct Held(Gauge);
-
-impl Held {
-    fn new(gauge: &Gauge) -> Held {
-        gauge.inc();
-        Held(gauge.clone())
-    }
-}
-
-impl Drop for Held {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -179,8 +179,8 @@ fn bind_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
 
 /// The socket another event loop accepts from: with `SO_REUSEPORT` on
 /// `listener` (`--reuse-port`), a socket of its own bound to the same
-/// address, so that the kernel spreads new connections evenly among the
-/// loops' sockets (as nginx's `reuseport` does); otherwise a handle of its
+/// address, so that the kernel spreads new connections among the loops'
+/// sockets by their addresses (as nginx's `reuseport` does); otherwise a handle of its
 /// own to the same socket, whose connections go to whichever loop accepts
 /// first. A port is not shared unless the operator asked for it: without
 /// `SO_REUSEPORT`, a second server on the same port fails to start.

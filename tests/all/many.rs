@@ -628,8 +628,18 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
     );
 }
 
-/// The name and allowed cores (`Cpus_allowed_list`) of each of `pid`'s
-/// threads.
+/// The cores a `/proc/.../status` says its thread may run on
+/// (`Cpus_allowed_list`, as `0-1` or `1`).
+fn allowed_cores(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// The name and allowed cores of each of `pid`'s threads.
 fn thread_cores(pid: u32) -> Vec<(String, String)> {
     let mut threads = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
@@ -640,26 +650,14 @@ fn thread_cores(pid: u32) -> Vec<(String, String)> {
         ) else {
             continue; // the thread has ended
         };
-        let cores = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_owned();
-        threads.push((name.trim().to_owned(), cores));
+        threads.push((name.trim().to_owned(), allowed_cores(&status)));
     }
     threads
 }
 
 #[test]
 fn each_event_loop_runs_on_a_core_of_its_own_and_the_threads_they_start_on_any() {
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    let all = own
-        .lines()
-        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let all = allowed_cores(&std::fs::read_to_string("/proc/self/status").unwrap());
     if std::thread::available_parallelism().unwrap().get() < 2 {
         eprintln!("one core only ({all}): no loops to pin apart");
         return;
