@@ -210,13 +210,13 @@ fn respond(request: &Request, settings: &Settings, root: Option<&Descriptor>) ->
     }
     let relative = resolved.relative();
     // The root is a directory; only what lies below it needs a look.
-    let kind = if resolved.segments.is_empty() {
-        Some(DescriptorType::Directory)
+    let found = if resolved.segments.is_empty() {
+        Some(Found::Directory)
     } else {
-        stat(root, &relative)
+        find(root, &relative)
     };
-    match kind {
-        Some(DescriptorType::Directory) if !resolved.trailing_slash => {
+    match found {
+        Some(Found::Directory) if !resolved.trailing_slash => {
             let mut location = resolved.directory_url();
             if let Some((_, query)) = target.split_once('?') {
                 location.push('?');
@@ -226,19 +226,16 @@ fn respond(request: &Request, settings: &Settings, root: Option<&Descriptor>) ->
             reply.headers.push(("location", location));
             reply
         }
-        Some(DescriptorType::Directory) => match open_file(root, &format!("{relative}/{INDEX}")) {
+        Some(Found::Directory) => match open_file(root, &format!("{relative}/{INDEX}")) {
             Some(index) => serve_file(request, settings, root, index),
             None if settings.directory_listing => {
                 list_directory(root, &resolved, settings).unwrap_or_else(|| not_found(root))
             }
             None => not_found(root),
         },
-        Some(DescriptorType::RegularFile) => match open_regular(root, &relative) {
-            Some(file) => serve_file(request, settings, root, file),
-            None => not_found(root),
-        },
+        Some(Found::File(file)) => serve_file(request, settings, root, file),
         // Missing, a symlink that leaves the root, a FIFO, a device: none is served.
-        _ => not_found(root),
+        None => not_found(root),
     }
 }
 
@@ -521,24 +518,20 @@ fn web_root() -> Option<Descriptor> {
     (!dirs.is_empty()).then(|| dirs.swap_remove(at_root).0)
 }
 
-fn stat(root: &Descriptor, relative: &str) -> Option<DescriptorType> {
-    root.stat_at(PathFlags::SYMLINK_FOLLOW, relative)
-        .ok()
-        .map(|stat| stat.type_)
+/// What a path below the root names.
+enum Found {
+    Directory,
+    File(File),
 }
 
-/// Opens `relative` if it is a regular file. Checked before opening: opening
-/// a FIFO for reading would block the guest until a writer appears.
-fn open_file(root: &Descriptor, relative: &str) -> Option<File> {
-    if stat(root, relative)? != DescriptorType::RegularFile {
-        return None;
-    }
-    open_regular(root, relative)
-}
-
-/// Opens `relative`, just seen to be a regular file; the file opened must
-/// still be one.
-fn open_regular(root: &Descriptor, relative: &str) -> Option<File> {
+/// Opens `relative` and tells what it is: a directory, a regular file
+/// (kept open to be served), or `None` for anything else or nothing.
+///
+/// Opened first and looked at after, through the descriptor: wasmhttpd
+/// opens only regular files and directories for a guest, so no open here
+/// waits on a FIFO (under `wasmtime serve`, which opens whatever is named,
+/// keep FIFOs and devices out of the root).
+fn find(root: &Descriptor, relative: &str) -> Option<Found> {
     let descriptor = root
         .open_at(
             PathFlags::SYMLINK_FOLLOW,
@@ -548,18 +541,29 @@ fn open_regular(root: &Descriptor, relative: &str) -> Option<File> {
         )
         .ok()?;
     let meta = descriptor.stat().ok()?;
-    if meta.type_ != DescriptorType::RegularFile {
-        return None;
+    match meta.type_ {
+        DescriptorType::Directory => Some(Found::Directory),
+        DescriptorType::RegularFile => {
+            let modified = meta
+                .data_modification_timestamp
+                .map(|t| (t.seconds, t.nanoseconds));
+            Some(Found::File(File {
+                descriptor,
+                path: relative.to_owned(),
+                size: meta.size,
+                validators: Validators::new(meta.size, modified),
+            }))
+        }
+        _ => None,
     }
-    let modified = meta
-        .data_modification_timestamp
-        .map(|t| (t.seconds, t.nanoseconds));
-    Some(File {
-        descriptor,
-        path: relative.to_owned(),
-        size: meta.size,
-        validators: Validators::new(meta.size, modified),
-    })
+}
+
+/// Opens `relative` if it is a regular file.
+fn open_file(root: &Descriptor, relative: &str) -> Option<File> {
+    match find(root, relative)? {
+        Found::File(file) => Some(file),
+        Found::Directory => None,
+    }
 }
 
 /// 404, with the root's `404.html` when it has one.

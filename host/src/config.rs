@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Secs, Switch, settings};
+use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Millis, Secs, Switch, settings};
 
 use crate::outbound::policy::{AllowList, Patterns};
 use crate::state::{ConfigValues, ConfigVars, Grants, KvLimits, StoreList, StoreNames, StoreSpec};
@@ -402,6 +402,13 @@ settings! {
         /// Seconds a guest has to produce its response head (then 504), and
         /// each piece of its body.
         guest_timeout: Secs = DEFAULT_GUEST_TIMEOUT,
+        /// CPU time, in milliseconds, a guest may run for on one request
+        /// (its calls into the host included), however long it waits;
+        /// past it the request gets 504 (or, once its head is sent, its
+        /// connection closed) and a log line. Looked at every millisecond
+        /// the guest runs. Unset, the default: no limit but
+        /// --guest-timeout.
+        guest_cpu_time: Maybe<Millis> = None,
         /// Linear memory cap per guest instance, in MiB.
         guest_memory: Mib = DEFAULT_GUEST_MEMORY,
         /// Guest instances alive at once; more requests wait. A route's own
@@ -457,6 +464,7 @@ mod tests {
     fn route_settings() {
         let limits = RouteLimits::parse([
             "guest-timeout=2.5",
+            "guest-cpu-time=40",
             "guest-memory=16",
             "max-instances=50",
             "reuse=8",
@@ -465,6 +473,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(limits.guest_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(limits.guest_cpu_time, Some(Some(Duration::from_millis(40))));
         assert_eq!(limits.guest_memory, Some(16 << 20));
         assert_eq!(limits.max_instances, Some(50));
         assert_eq!(limits.reuse, Some(8));
@@ -478,6 +487,7 @@ mod tests {
         for bad in [
             "reuse=0",
             "guest-timeout=-1",
+            "guest-cpu-time=0",
             "max-instances=x",
             "speed=9",
             "reuse",

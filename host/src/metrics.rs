@@ -13,6 +13,9 @@
 //! | `wasmhttpd_websocket_sessions` | gauge | WebSocket sessions open now |
 //! | `wasmhttpd_guest_traps_total` | counter | guests that trapped (panic, `unreachable`, out of memory) |
 //! | `wasmhttpd_guest_timeouts_total` | counter | guests stopped at their deadline |
+//! | `wasmhttpd_guest_cpu_exhausted_total` | counter | guests stopped at their CPU budget (`--guest-cpu-time`) |
+//! | `wasmhttpd_guest_cpu_seconds_total{route}` | counter | CPU time guests ran for, by route, counted as it is spent |
+//! | `wasmhttpd_guest_opens_refused_total` | counter | guests' opens of what is neither a regular file nor a directory (a FIFO, a socket, a device), refused |
 //! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
 //! | `wasmhttpd_tls_reloads_total{result}` | counter | TLS certificate reloads, `loaded` or `failed` |
 //! | `wasmhttpd_outgoing_requests_total{result}` | counter | guests' outgoing requests: `sent` (a response came), `denied` (by the allow-list or `--max-outbound`), `failed` |
@@ -21,6 +24,7 @@
 //! | `wasmhttpd_kv_operation_duration_seconds{store,op}` | histogram | how long each key-value operation took |
 //! | `wasmhttpd_guest_host_calls{route}` | histogram | calls a WASIp2 guest made into the host for one request (each crosses the component boundary) |
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -100,6 +104,8 @@ pub enum Fault {
     Trap,
     /// It ran past its deadline.
     Timeout,
+    /// It used its CPU budget.
+    CpuTime,
 }
 
 /// How a guest's outgoing request ended, as the metrics count it.
@@ -128,6 +134,9 @@ pub struct Metrics {
     websocket_sessions: Gauge,
     traps: Counter,
     timeouts: Counter,
+    cpu_exhausted: Counter,
+    refused_opens: Counter,
+    guest_cpu: Family<RouteLabel, Counter<f64, AtomicU64>>,
     reloads: Family<ResultLabel, Counter>,
     tls_reloads: Family<ResultLabel, Counter>,
     outgoing: Family<ResultLabel, Counter>,
@@ -161,7 +170,8 @@ impl Metrics {
         let latency = Histogram::new(exponential_buckets(start, factor, count));
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
         let event_loop_connections = Family::<EventLoopLabel, Gauge>::default();
-        let [traps, timeouts] = [(); 2].map(|()| Counter::default());
+        let [traps, timeouts, cpu_exhausted, refused_opens] = [(); 4].map(|()| Counter::default());
+        let guest_cpu = Family::<RouteLabel, Counter<f64, AtomicU64>>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let outgoing = Family::<ResultLabel, Counter>::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
@@ -215,6 +225,21 @@ impl Metrics {
             timeouts.clone(),
         );
         registry.register(
+            "guest_cpu_exhausted",
+            "Guests stopped at their CPU budget",
+            cpu_exhausted.clone(),
+        );
+        registry.register(
+            "guest_cpu_seconds",
+            "CPU time guests ran for, by route",
+            guest_cpu.clone(),
+        );
+        registry.register(
+            "guest_opens_refused",
+            "Guests' opens of what is neither a regular file nor a directory, refused",
+            refused_opens.clone(),
+        );
+        registry.register(
             "reloads",
             "Guest reloads, swapped in or failed",
             reloads.clone(),
@@ -266,6 +291,9 @@ impl Metrics {
             websocket_sessions,
             traps,
             timeouts,
+            cpu_exhausted,
+            refused_opens,
+            guest_cpu,
             reloads,
             tls_reloads,
             outgoing,
@@ -276,16 +304,21 @@ impl Metrics {
         }
     }
 
-    /// The host-call histogram of the route at `prefix`, made now so that
-    /// a request's observation takes no lock.
-    pub(crate) fn host_calls(&self, prefix: &str) -> HostCalls {
-        HostCalls(
-            self.host_calls
-                .get_or_create(&RouteLabel {
-                    route: prefix.to_owned(),
-                })
-                .clone(),
-        )
+    /// The counters of the route at `prefix`, made now so that a
+    /// request's counts take no lock.
+    pub(crate) fn route(&self, prefix: &str) -> RouteCounters {
+        let label = RouteLabel {
+            route: prefix.to_owned(),
+        };
+        RouteCounters {
+            host_calls: self.host_calls.get_or_create(&label).clone(),
+            cpu: self.guest_cpu.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The counter of guests' refused opens.
+    pub(crate) fn refused_opens(&self) -> Counter {
+        self.refused_opens.clone()
     }
 
     /// Counts a refused open of the store `store` (`""`: a name no store
@@ -366,6 +399,7 @@ impl Metrics {
         match fault {
             Fault::Trap => self.traps.inc(),
             Fault::Timeout => self.timeouts.inc(),
+            Fault::CpuTime => self.cpu_exhausted.inc(),
         };
     }
 
@@ -459,21 +493,38 @@ impl prometheus_client::encoding::EncodeMetric for Allocations {
     }
 }
 
-/// One route's histogram of host calls per request; a default one counts
-/// for nobody (a guest compiled but not served).
+/// One route's counters: host calls per request and CPU time; default
+/// ones count for nobody (a guest compiled but not served).
 #[derive(Clone)]
-pub(crate) struct HostCalls(Histogram);
+pub(crate) struct RouteCounters {
+    host_calls: Histogram,
+    cpu: Counter<f64, AtomicU64>,
+}
 
-impl Default for HostCalls {
+impl Default for RouteCounters {
     fn default() -> Self {
-        HostCalls(host_call_histogram())
+        RouteCounters {
+            host_calls: host_call_histogram(),
+            cpu: Counter::default(),
+        }
     }
 }
 
-impl HostCalls {
+impl RouteCounters {
     /// Counts a request that made `calls` calls into the host.
-    pub(crate) fn observe(&self, calls: u32) {
-        self.0.observe(f64::from(calls));
+    pub(crate) fn host_calls(&self, calls: u32) {
+        self.host_calls.observe(f64::from(calls));
+    }
+
+    /// Counts `nanos` nanoseconds of a guest's CPU time.
+    pub(crate) fn cpu(&self, nanos: u64) {
+        self.cpu.inc_by(nanos as f64 * 1e-9);
+    }
+
+    /// The CPU time counted, in seconds.
+    #[cfg(test)]
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.cpu.get()
     }
 }
 

@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::config::{Config, GuestSource, RouteLimits};
 use crate::cores;
 use crate::dispatch::{Connection, Dispatch};
-use crate::metrics::{HostCalls, Metrics};
+use crate::metrics::{Metrics, RouteCounters};
 use crate::proto::conn::Conn;
 use crate::proto::h2;
 use crate::routes::Routes;
@@ -137,7 +137,7 @@ pub fn compile(config: Config) -> Result<Vec<Compiled>, StartError> {
             Arc::new(guests.for_route(&route.limits))
         };
         let (name, bytes) = route.guest.read()?;
-        let loaded = Guest::load(&ctx, &name, &bytes, HostCalls::default())?;
+        let loaded = Guest::load(&ctx, &name, &bytes, RouteCounters::default())?;
         let digest = loaded.guest.digest;
         if !cache.has(loaded.guest.engine(), &digest) {
             return Err(StartError::NotStored { name, dir });

@@ -511,7 +511,8 @@ fn help_names_each_setting_with_its_variable_and_default() {
         "--listen <ADDR>",
         "[default: 127.0.0.1:8080]",
         "WASMHTTPD_NO_WATCH",
-        "guest-timeout, guest-memory, max-instances, reuse",
+        "guest-timeout, guest-cpu-time, guest-memory, max-instances, reuse",
+        "--guest-cpu-time <MS>",
     ] {
         assert!(help.contains(text), "{text} in\n{help}");
     }

@@ -17,6 +17,7 @@ mod docs;
 mod examples;
 mod guest_faults;
 mod guest_settings;
+mod guest_time;
 mod h2;
 mod http1;
 pub(crate) mod kv;

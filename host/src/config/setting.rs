@@ -335,6 +335,29 @@ impl Unit for Secs {
     }
 }
 
+/// A duration in milliseconds, a positive whole number: `50`.
+pub struct Millis;
+
+impl Unit for Millis {
+    type Value = Duration;
+    const VALUE_NAME: &'static str = "MS";
+
+    fn parse(text: &str) -> Result<Duration, String> {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .ok_or_else(|| {
+                format!("takes milliseconds, a positive whole number such as 100, not {text:?}")
+            })
+    }
+
+    fn show(value: &Duration) -> Option<String> {
+        Some(value.as_millis().to_string())
+    }
+}
+
 /// A size in MiB, written as a positive whole number and kept in bytes.
 pub struct Mib;
 
@@ -519,6 +542,11 @@ mod tests {
         assert_eq!(Secs::parse("2.5"), Ok(Duration::from_millis(2500)));
         assert_eq!(Secs::parse("0"), Ok(Duration::ZERO));
         assert_eq!(Secs::show(&Duration::from_secs(30)).unwrap(), "30");
+        assert_eq!(Millis::parse("50"), Ok(Duration::from_millis(50)));
+        assert_eq!(Millis::show(&Duration::from_millis(50)).unwrap(), "50");
+        for bad in ["0", "-1", "2.5", "", "ms"] {
+            assert!(Millis::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(Mib::parse("16"), Ok(16 << 20));
         assert_eq!(Mib::show(&(64 << 20)).unwrap(), "64");
         assert_eq!(Count::<u32>::parse("50"), Ok(50));

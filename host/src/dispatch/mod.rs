@@ -35,7 +35,9 @@ use tracing::{info, warn};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
+use crate::wasm::cpu::CpuTime;
 use crate::wasm::guest::{BodyError, Guest, GuestBody};
+use crate::wasm::inspect::Wasi;
 use crate::wasm::instance::RequestBody;
 
 pub mod websocket;
@@ -119,6 +121,7 @@ impl Dispatch {
                 .map_or_else(|| "/".to_owned(), |target| target.to_string()),
             version,
             route: route.map(|(prefix, slot)| (prefix.clone(), slot.current())),
+            cpu: Arc::default(),
             conn,
             metrics: self.metrics.clone(),
         }
@@ -135,6 +138,7 @@ impl Dispatch {
             target: "-".to_owned(),
             version: Version::HTTP_11,
             route: None,
+            cpu: Arc::default(),
             conn,
             metrics: self.metrics.clone(),
         };
@@ -188,7 +192,7 @@ impl Dispatch {
                 *request.uri_mut() = uri;
             }
         }
-        match guest.handle(request, exchange.id).await {
+        match guest.handle(request, exchange.id, &exchange.cpu).await {
             Ok(response) => checked(exchange, response),
             Err(err) => {
                 warn!(id = exchange.id, method = %exchange.method(), target = %exchange.target,
@@ -222,6 +226,9 @@ pub struct Exchange {
     version: Version,
     /// The route's prefix and the guest version that serves the request.
     route: Option<(Arc<str>, Arc<Guest>)>,
+    /// The CPU time the request's guest ran for (a WASIp2 guest's, or a
+    /// WebSocket session's).
+    cpu: Arc<CpuTime>,
     conn: Connection,
     metrics: Arc<Metrics>,
 }
@@ -257,14 +264,17 @@ impl Exchange {
     ) {
         let elapsed = self.started.elapsed();
         self.metrics.response(status, timed.then_some(elapsed));
-        // Which kind of guest the request went to, if it had a route.
-        let wasi = match &self.route {
+        // Which kind of guest the request went to, if it had a route; the
+        // CPU time of a guest that ran for this request alone.
+        let (wasi, cpu_us) = match &self.route {
             Some((_, guest)) => {
                 let wasi = guest.wasi();
                 self.metrics.guest_request(wasi);
-                wasi.as_str()
+                let own = wasi == Wasi::P2 || session.is_some();
+                let cpu_us = own.then(|| self.cpu.used().as_micros() as u64);
+                (wasi.as_str(), cpu_us)
             }
-            None => "-",
+            None => ("-", None),
         };
         let protocol = match self.version {
             Version::HTTP_10 => "HTTP/1.0",
@@ -284,6 +294,7 @@ impl Exchange {
             status = status.as_u16(),
             bytes,
             ms = elapsed.as_secs_f64() * 1e3,
+            cpu_us,
             close_code = session.as_ref().map(|ended| ended.code),
             messages = session.as_ref().map(|ended| ended.messages),
         );

@@ -73,7 +73,10 @@ impl Dispatch {
             return Err(page(StatusCode::NOT_FOUND, HeaderMap::new()));
         };
         let offered = upgrade.protocols.clone();
-        let (session, protocol) = match guest.open_websocket(upgrade, exchange.id).await {
+        let (session, protocol) = match guest
+            .open_websocket(upgrade, exchange.id, &exchange.cpu)
+            .await
+        {
             Ok(Opened::Accepted(session, protocol)) => (session, protocol),
             Ok(Opened::Refused) => return Err(page(StatusCode::NOT_FOUND, HeaderMap::new())),
             Err(err) => {

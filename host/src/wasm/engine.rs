@@ -1,20 +1,61 @@
 //! The wasmtime engines, one for WASIp2 components and one for WASIp3:
 //! pooling instance allocator sized by the limits, and epoch interruption
-//! driven by a ticker thread.
+//! driven by a ticker thread, which ticks faster while a guest computes
+//! for long.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Enabled, Engine, EngineWeak, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::inspect::Wasi;
 use crate::config::{Limits, Route};
 
-/// Epoch period. A running guest yields to the async runtime (and has its
-/// deadline checked) once per tick, so a looping guest cannot pin a worker
-/// thread for longer than this.
+/// Epoch period: how often a running guest's deadline, CPU budget and
+/// slice are looked at, while no guest has run past its slice lately. A
+/// server that only answers short requests wakes its ticker no more than
+/// this often, idle or loaded.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Epoch period while guests run past their slice, and for [`FAST_FOR`]
+/// after: a guest that spins gives its loop back within a slice and a
+/// tick, and its deadline and budget hold to within a millisecond.
+const FAST_TICK: Duration = Duration::from_millis(1);
+
+/// How long the ticker keeps [`FAST_TICK`] after a guest last ran past
+/// its slice.
+const FAST_FOR: Duration = Duration::from_millis(100);
+
+/// CPU time a guest runs in one go before it gives its event loop back
+/// (the loop serves its sockets and timers, then the guest runs on). A
+/// request that computes for less never yields, so under load requests
+/// are not put behind their neighbours mid-way; a loop shared with guests
+/// that spin answers a light request within a slice or two of each.
+pub const SLICE: Duration = Duration::from_millis(2);
+
+/// When a guest last ran past its slice, in nanoseconds since [`BASE`].
+static RAN_LONG_AT: AtomicU64 = AtomicU64::new(0);
+/// What [`RAN_LONG_AT`] counts from.
+static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Tells the tickers a guest has run past its slice: they tick at
+/// [`FAST_TICK`] for a while.
+pub(crate) fn ran_long() {
+    let at = BASE.elapsed().as_nanos().try_into().unwrap_or(u64::MAX);
+    RAN_LONG_AT.store(at, Ordering::Relaxed);
+}
+
+/// The period of the next tick.
+fn next_tick() -> Duration {
+    let last = Duration::from_nanos(RAN_LONG_AT.load(Ordering::Relaxed));
+    if last > Duration::ZERO && BASE.elapsed().saturating_sub(last) < FAST_FOR {
+        FAST_TICK
+    } else {
+        EPOCH_TICK
+    }
+}
 
 /// Core instances a component may create. A Rust wasip2 component uses
 /// the main module, the WASI adapter and a few shims.
@@ -126,15 +167,17 @@ fn config(limits: &Limits, routes: &[Route]) -> wasmtime::Config {
     config
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] (or [`FAST_TICK`]
+/// while guests run long) until the engine is dropped.
 fn spawn_epoch_ticker(engine: EngineWeak) {
+    LazyLock::force(&BASE);
     thread::Builder::new()
         .name("wasm-epoch".into())
         .spawn(move || {
             while let Some(engine) = engine.upgrade() {
                 engine.increment_epoch();
                 drop(engine);
-                thread::sleep(EPOCH_TICK);
+                thread::sleep(next_tick());
             }
         })
         .expect("spawn the epoch ticker thread");

@@ -35,15 +35,17 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use super::cache::{Digest, Origin};
+use super::cpu::{CpuTime, Meter, metered};
 use super::inspect::{self, NotComponent, Wasi};
 use super::instance::{
-    FaultOnce, GuestContext, GuestError, GuestState, RequestBody, classify, within,
+    CpuSpent, FaultOnce, GuestContext, GuestError, GuestState, Metering, RequestBody, classify,
+    within,
 };
 use super::p3;
 use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::GuestSource;
-use crate::metrics::HostCalls;
+use crate::metrics::RouteCounters;
 use tracing::warn;
 
 /// A guest could not be loaded.
@@ -116,8 +118,8 @@ pub struct Guest {
     /// The engine its code was compiled by.
     engine: Engine,
     ctx: Arc<GuestContext>,
-    /// Its route's count of host calls per request.
-    host_calls: HostCalls,
+    /// Its route's counts: host calls per request, CPU time.
+    counters: RouteCounters,
     /// The component's SHA-256.
     pub digest: Digest,
 }
@@ -164,13 +166,13 @@ impl GuestSource {
 
 impl Guest {
     /// Compiles (or reads from the cache) and links the component `bytes`,
-    /// named `name` in errors, whose requests' host calls count in
-    /// `host_calls`.
+    /// named `name` in errors, whose requests' host calls and CPU time
+    /// count in its route's `counters`.
     pub(crate) fn load(
         ctx: &Arc<GuestContext>,
         name: &str,
         bytes: &[u8],
-        host_calls: HostCalls,
+        counters: RouteCounters,
     ) -> Result<Loaded, LoadError> {
         let started = std::time::Instant::now();
         let invalid = |source| LoadError::Invalid {
@@ -198,12 +200,14 @@ impl Guest {
         let (component, origin) = ctx.cache.load(&engine, bytes, &digest).map_err(invalid)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(invalid)?;
+        super::files::add_to_linker(&mut linker).map_err(invalid)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(invalid)?;
         crate::outbound::add_to_linker(&mut linker).map_err(invalid)?;
         crate::state::keyvalue::add_to_linker(&mut linker, GuestState::kv).map_err(invalid)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, GuestState::config).map_err(invalid)?;
         if wasi == Wasi::P3 {
             wasmtime_wasi::p3::add_to_linker(&mut linker).map_err(invalid)?;
+            super::files::add_to_linker_p3(&mut linker).map_err(invalid)?;
             wasmtime_wasi_http::p3::add_to_linker(&mut linker).map_err(invalid)?;
         }
         let instance_pre = linker.instantiate_pre(&component).map_err(invalid)?;
@@ -213,6 +217,7 @@ impl Guest {
                 ServicePre::new(instance_pre).map_err(invalid)?,
                 engine.clone(),
                 ctx.clone(),
+                counters.clone(),
             )),
             Wasi::P2 => Serve::P2 {
                 pre: ProxyPre::new(instance_pre).map_err(invalid)?,
@@ -225,7 +230,7 @@ impl Guest {
                 websocket,
                 engine,
                 ctx: ctx.clone(),
-                host_calls,
+                counters,
                 digest,
             },
             origin,
@@ -234,7 +239,9 @@ impl Guest {
     }
 
     /// Runs `request`, whose id is `id` in the logs, through a fresh
-    /// instance (or, with reuse, a free one).
+    /// instance (or, with reuse, a free one); a WASIp2 guest's CPU time
+    /// counts in `cpu` (a WASIp3 instance's, shared by its requests, in the
+    /// route's counter alone).
     ///
     /// Returns once the guest has set its response head; the body streams
     /// from the guest as the caller polls it.
@@ -242,9 +249,10 @@ impl Guest {
         &self,
         request: http::Request<RequestBody>,
         id: u64,
+        cpu: &Arc<CpuTime>,
     ) -> Result<GuestResponse, GuestError> {
         let fault = FaultOnce::new(&self.ctx.metrics);
-        let result = self.dispatch(request, id, &fault).await;
+        let result = self.dispatch(request, id, cpu, &fault).await;
         if let Err(err) = &result {
             fault.report(err);
         }
@@ -270,20 +278,23 @@ impl Guest {
     }
 
     /// Instantiates the guest for a WebSocket session (`id` in the logs)
-    /// and asks it to `open`.
+    /// and asks it to `open`; the session's CPU time counts in `cpu`.
     pub async fn open_websocket(
         &self,
         upgrade: websocket::Upgrade,
         id: u64,
+        cpu: &Arc<CpuTime>,
     ) -> Result<websocket::Opened, GuestError> {
         let pre = self.websocket.as_ref().ok_or(GuestError::NoResponse)?;
-        websocket::open(pre, &self.engine, &self.ctx, upgrade, id).await
+        let meter = Meter::new(cpu.clone(), &self.counters);
+        websocket::open(pre, &self.engine, &self.ctx, upgrade, id, meter).await
     }
 
     async fn dispatch(
         &self,
         request: http::Request<RequestBody>,
         id: u64,
+        cpu: &Arc<CpuTime>,
         fault: &FaultOnce,
     ) -> Result<GuestResponse, GuestError> {
         let stall = Stall::new(self.ctx.timeout, fault);
@@ -304,9 +315,10 @@ impl Guest {
         let permit = self.ctx.admit().await?;
         let deadline = Instant::now() + self.ctx.timeout;
         // The one deadline of a response head, fresh instance or reused.
+        let meter = Meter::new(cpu.clone(), &self.counters);
         let (response, run) = within(
             deadline,
-            self.start(pre, pool, request, id, fault, deadline, permit),
+            self.start(pre, pool, request, id, meter, fault, deadline, permit),
         )
         .await?;
         Ok(response.map(|body| GuestBody {
@@ -322,6 +334,7 @@ impl Guest {
     /// Runs `request` in an instance, a fresh one or one from the pool,
     /// until the guest sets its response head; the instance, if still
     /// running, comes back with the response to be polled with its body.
+    /// Each poll of the instance counts its CPU time in `meter`.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
@@ -329,6 +342,7 @@ impl Guest {
         pool: &Option<Arc<Instances>>,
         request: http::Request<RequestBody>,
         id: u64,
+        meter: Meter,
         fault: &FaultOnce,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
@@ -337,13 +351,25 @@ impl Guest {
         let (mut store, proxy, served) = match pool.as_ref().and_then(|pool| pool.take()) {
             Some(idle) => {
                 let (mut store, proxy) = idle.instance;
-                store.data_mut().arm(id, deadline, answered.clone());
+                store
+                    .data_mut()
+                    .arm(id, deadline, answered.clone(), meter.clone());
+                // A whole slice for this request: the ticks while the
+                // instance sat idle are no time it ran.
+                store.set_epoch_deadline(1);
                 (store, Some(proxy), idle.served)
             }
             None => {
                 let store = self
                     .ctx
-                    .new_store(&self.engine, deadline, answered.clone(), id)
+                    .new_store(
+                        &self.engine,
+                        deadline,
+                        answered.clone(),
+                        id,
+                        meter.clone(),
+                        Metering::Polls,
+                    )
                     .map_err(GuestError::Setup)?;
                 (store, None, 0)
             }
@@ -363,12 +389,13 @@ impl Guest {
         let (request, outparam) = setup(&mut store).map_err(GuestError::Setup)?;
         let pre = pre.clone();
         let fault = fault.clone();
-        let host_calls = self.host_calls.clone();
+        let counters = self.counters.clone();
         let pooled = pool.is_some();
+        let head_sent = answered.clone();
         // The instance runs inside the connection's task, polled with the
         // response's body: no task of its own, and no wake-up across
         // threads for each piece of the body.
-        let mut run: RunningGuest = Box::pin(async move {
+        let mut run: RunningGuest = Box::pin(metered(meter, async move {
             let result = async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
@@ -381,7 +408,7 @@ impl Guest {
                     .map(|()| proxy)
             }
             .await;
-            host_calls.observe(std::mem::take(&mut store.data_mut().host_calls));
+            counters.host_calls(std::mem::take(&mut store.data_mut().host_calls));
             match result {
                 Ok(proxy) => Ok(pooled.then(|| Finished {
                     store,
@@ -393,10 +420,17 @@ impl Guest {
                 Err(err) => {
                     let err = store.data().explain(err);
                     fault.report_trap(&err);
+                    // Its request's client sees a body cut short.
+                    if head_sent.load(Ordering::Relaxed)
+                        && let Some(CpuSpent(budget)) = err.downcast_ref::<CpuSpent>()
+                    {
+                        warn!(id, cause = %GuestError::CpuTime(*budget),
+                              "guest stopped after its response head");
+                    }
                     Err(err)
                 }
             }
-        });
+        }));
 
         let first = tokio::select! {
             biased;

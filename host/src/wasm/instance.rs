@@ -1,9 +1,11 @@
 //! What every kind of guest instance shares: a WASIp2 request's, a
 //! WASIp3 worker's and a WebSocket session's. The context that admits
 //! requests and makes stores ([`GuestContext`]), the state a store holds
-//! ([`GuestState`]: WASI, the memory cap, the outgoing-request hooks), the
-//! one deadline of every call into a guest ([`within`]), and how a fault
-//! is told and counted ([`GuestError`], [`classify`], [`FaultOnce`]).
+//! ([`GuestState`]: WASI, the memory cap, the outgoing-request hooks, the
+//! CPU meter), the one deadline of every call into a guest ([`within`]),
+//! how a running guest gives its thread back (the epoch callback), and
+//! how a fault is told and counted ([`GuestError`], [`classify`],
+//! [`FaultOnce`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +22,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::cache::CompiledCache;
-use super::engine::Engines;
+use super::cpu::Meter;
+use super::engine::{self, Engines, SLICE};
+use super::files;
 use super::inspect;
 use super::output::{GuestOutput, Stream};
 use crate::config::{Limits, RouteLimits};
@@ -28,6 +32,7 @@ use crate::metrics::{Fault, Metrics, Open};
 use crate::outbound::{Hooks, Outbound};
 use crate::state::keyvalue::{KvCtx, KvView};
 use crate::state::{ConfigValues, Granted, Stores};
+use prometheus_client::metrics::counter::Counter;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
 /// A request's body as a guest reads it.
@@ -42,6 +47,13 @@ pub enum GuestError {
     /// The guest did not produce a response head in time.
     #[error("guest timed out")]
     Timeout,
+    /// The guest ran for its CPU budget.
+    #[error(
+        "the guest used its CPU time budget of {} ms: raise --guest-cpu-time (or its \
+         route's guest-cpu-time) if it needs more",
+        .0.as_millis()
+    )]
+    CpuTime(Duration),
     /// The guest returned without setting a response.
     #[error("guest returned without a response")]
     NoResponse,
@@ -66,15 +78,16 @@ impl GuestError {
         match self {
             GuestError::Trap(_) => Some(Fault::Trap),
             GuestError::Timeout => Some(Fault::Timeout),
+            GuestError::CpuTime(_) => Some(Fault::CpuTime),
             _ => None,
         }
     }
 
-    /// The status the client gets: 504 for a timeout, 503 when busy, 500
-    /// otherwise.
+    /// The status the client gets: 504 for a timeout or a spent CPU
+    /// budget, 503 when busy, 500 otherwise.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            GuestError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            GuestError::Timeout | GuestError::CpuTime(_) => http::StatusCode::GATEWAY_TIMEOUT,
             GuestError::Busy => http::StatusCode::SERVICE_UNAVAILABLE,
             _ => http::StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -89,6 +102,8 @@ pub struct GuestContext {
     root: PathBuf,
     env: Vec<(String, String)>,
     pub(super) timeout: Duration,
+    /// CPU time a request's guest may run for, if limited.
+    pub(super) cpu_budget: Option<Duration>,
     /// Time a request waits for a free instance.
     pub(super) queue_timeout: Duration,
     /// Requests one instance serves; 1 for a fresh instance per request.
@@ -140,6 +155,7 @@ impl GuestContext {
             root,
             env,
             timeout: limits.guest_timeout,
+            cpu_budget: limits.guest_cpu_time,
             queue_timeout: limits.queue_timeout,
             reuse: limits.reuse.max(1),
             p3_concurrency: limits.p3_concurrency.max(1),
@@ -171,6 +187,7 @@ impl GuestContext {
             root: self.root.clone(),
             env: self.env.clone(),
             timeout: limits.guest_timeout.unwrap_or(self.timeout),
+            cpu_budget: limits.guest_cpu_time.unwrap_or(self.cpu_budget),
             queue_timeout: self.queue_timeout,
             reuse: limits.reuse.unwrap_or(self.reuse).max(1),
             p3_concurrency: limits.p3_concurrency.unwrap_or(self.p3_concurrency).max(1),
@@ -238,34 +255,65 @@ impl GuestContext {
     }
 }
 
+/// How a store's CPU time is read (see `cpu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Metering {
+    /// Around each poll of the host's future that runs the guest: a
+    /// WASIp2 request, a WebSocket call. The request's own budget applies.
+    Polls,
+    /// From the guest's entries into wasm and the host: a WASIp3 instance,
+    /// polled in a task of wasmtime-wasi-http's.
+    Hooks,
+}
+
 impl GuestContext {
     /// A store for one instance: the guest's WASI context, an epoch
-    /// callback that yields every tick and interrupts the guest once it is
-    /// past its deadline, unless `lifted` is set by then, and a count of
-    /// the guest's calls into the host. Its output is logged under the
-    /// request id `id`.
+    /// callback that gives the thread back once the guest has run for a
+    /// [`SLICE`] (so that its event loop serves its sockets and timers
+    /// before the guest runs on) and interrupts the guest once it is past
+    /// its deadline, unless `lifted` is set by then, or past its CPU
+    /// budget, and a count of the guest's calls into the host. Its output is logged under the request id
+    /// `id`; its CPU time counts in `meter`, read as `metering` says.
     pub(crate) fn new_store(
         &self,
         engine: &Engine,
         deadline: Instant,
         lifted: Arc<AtomicBool>,
         id: u64,
+        meter: Meter,
+        metering: Metering,
     ) -> wasmtime::Result<Store<GuestState>> {
-        let state = GuestState::new(self, deadline, lifted, id)?;
+        let state = GuestState::new(self, deadline, lifted, id, meter, metering)?;
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|store| {
-            let state = store.data();
+        store.epoch_deadline_callback(|mut store| {
+            let state = store.data_mut();
             if !state.lifted.load(Ordering::Relaxed) && Instant::now() >= state.deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+                return Ok(UpdateDeadline::Interrupt);
             }
+            if let Some(budget) = state.cpu_budget
+                && state.cpu.used() >= budget
+            {
+                state.cpu_spent = Some(budget);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // A guest that has run for less than a slice in this go (most
+            // requests, whole) runs on; one that has run for more gives
+            // its loop back.
+            if state.cpu.this_run().is_some_and(|run| run < SLICE) {
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            engine::ran_long();
+            Ok(UpdateDeadline::YieldCustom(1, state.give_back()))
         });
         store.call_hook(|mut store, hook| {
+            let state = store.data_mut();
             if let CallHook::CallingHost = hook {
-                store.data_mut().host_calls += 1;
+                state.host_calls += 1;
+            }
+            if state.metering == Metering::Hooks {
+                state.metered(hook);
             }
             Ok(())
         });
@@ -273,9 +321,18 @@ impl GuestContext {
     }
 }
 
-/// A trap raised by the epoch deadline is a timeout; anything else a fault.
+/// The epoch callback stopped the guest at its CPU budget.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest used its CPU time budget of {} ms", .0.as_millis())]
+pub(crate) struct CpuSpent(pub(crate) Duration);
+
+/// A trap raised by the epoch deadline is a timeout, or a spent CPU
+/// budget when the store says so ([`GuestState::explain`]); anything else
+/// a fault.
 pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
-    if is_interrupt(&err) {
+    if let Some(CpuSpent(budget)) = err.downcast_ref::<CpuSpent>() {
+        GuestError::CpuTime(*budget)
+    } else if is_interrupt(&err) {
         GuestError::Timeout
     } else {
         GuestError::Trap(err)
@@ -341,7 +398,9 @@ impl FaultOnce {
     /// Counts an error the guest's own call ended with.
     pub(super) fn report_trap(&self, err: &wasmtime::Error) {
         if !self.reported.swap(true, Ordering::Relaxed) {
-            self.metrics.guest_fault(if is_interrupt(err) {
+            self.metrics.guest_fault(if err.is::<CpuSpent>() {
+                Fault::CpuTime
+            } else if is_interrupt(err) {
                 Fault::Timeout
             } else {
                 Fault::Trap
@@ -374,6 +433,20 @@ pub(crate) struct GuestState {
     config: Arc<WasiConfigVariables>,
     /// Calls into the host since the request began.
     pub(crate) host_calls: u32,
+    /// The guest's CPU time: its request's, or its WASIp3 instance's.
+    pub(crate) cpu: Meter,
+    /// How `cpu` is read.
+    metering: Metering,
+    /// Activations of the guest's wasm under way, read with `Hooks`.
+    in_wasm: u32,
+    /// CPU time a request may run for: the route's budget for a request's
+    /// or a WebSocket session's store; `None` for a WASIp3 instance, whose
+    /// requests are held to it by the worker.
+    cpu_budget: Option<Duration>,
+    /// The budget the guest was stopped at, once it was.
+    pub(crate) cpu_spent: Option<Duration>,
+    /// Counts opens the host refuses (see `files`).
+    pub(super) refused_opens: Counter,
     /// Counts the instance as live while its store exists.
     _live: Open,
 }
@@ -385,17 +458,21 @@ impl GuestState {
         deadline: Instant,
         lifted: Arc<AtomicBool>,
         id: u64,
+        cpu: Meter,
+        metering: Metering,
     ) -> wasmtime::Result<Self> {
         let request = Arc::new(AtomicU64::new(id));
         let mut wasi = WasiCtx::builder();
         wasi.stdout(GuestOutput::new(Stream::Stdout, request.clone()))
             .stderr(GuestOutput::new(Stream::Stderr, request.clone()))
             .envs(&ctx.env)
-            // File operations run on the worker thread instead of a hop to
-            // tokio's blocking pool and back: a web root is read from the
-            // page cache in microseconds, and the hop (two thread wake-ups
-            // per open, stat and read) cost more than the work.
-            .allow_blocking_current_thread(true)
+            // File operations run on the event loop's thread instead of a
+            // hop to tokio's blocking pool and back: a web root is read from
+            // the page cache in microseconds, and the hop (two thread
+            // wake-ups per open, stat and read) costs more than the work.
+            // What could block, a FIFO or a device, is never opened
+            // (`files`).
+            .allow_blocking_current_thread(files::ON_THE_GUESTS_THREAD)
             .preopened_dir(&ctx.root, "/", FsPerms::ReadOnly)?;
         Ok(GuestState {
             wasi: wasi.build(),
@@ -409,8 +486,51 @@ impl GuestState {
             config: ctx.config.clone(),
             request,
             host_calls: 0,
+            cpu,
+            metering,
+            in_wasm: 0,
+            cpu_budget: ctx.cpu_budget.filter(|_| metering == Metering::Polls),
+            cpu_spent: None,
+            refused_opens: ctx.metrics.refused_opens(),
             _live: ctx.metrics.instance(),
         })
+    }
+
+    /// What the epoch callback's yield awaits: tokio's `yield_now`, which
+    /// wakes the guest's task only after its event loop has looked at its
+    /// sockets and timers, so that a guest computing for long takes one
+    /// tick at a time. A store metered by hooks stops its clock for the
+    /// wait and starts it again as the guest resumes.
+    fn give_back(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        if self.metering == Metering::Polls {
+            return Box::pin(tokio::task::yield_now());
+        }
+        self.cpu.stop();
+        let cpu = self.cpu.clone();
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            cpu.start();
+        })
+    }
+
+    /// Reads the CPU clock of a store metered by hooks at `hook`: started
+    /// at the first sign of the guest running, stopped when its last wasm
+    /// activation returns (its task's poll may go on with other work).
+    fn metered(&mut self, hook: CallHook) {
+        match hook {
+            CallHook::CallingWasm => self.in_wasm += 1,
+            CallHook::ReturningFromWasm => {
+                self.in_wasm = self.in_wasm.saturating_sub(1);
+                if self.in_wasm == 0 {
+                    self.cpu.stop();
+                }
+                return;
+            }
+            CallHook::CallingHost | CallHook::ReturningFromHost => {}
+        }
+        if !self.cpu.is_running() {
+            self.cpu.start();
+        }
     }
 
     /// The view the key-value bindings call into.
@@ -432,20 +552,28 @@ fn config_values(values: &ConfigValues) -> WasiConfigVariables {
 
 impl GuestState {
     /// Readies a reused instance's state for request `id`: its output is
-    /// logged with that id, and it is interrupted past `deadline` until
-    /// `lifted` is set.
-    pub(super) fn arm(&mut self, id: u64, deadline: Instant, lifted: Arc<AtomicBool>) {
+    /// logged with that id, it is interrupted past `deadline` until
+    /// `lifted` is set, and its CPU time counts in `cpu`.
+    pub(super) fn arm(&mut self, id: u64, deadline: Instant, lifted: Arc<AtomicBool>, cpu: Meter) {
         self.request.store(id, Ordering::Relaxed);
         self.deadline = deadline;
         self.lifted = lifted;
+        self.cpu = cpu;
+        self.cpu_spent = None;
     }
 }
 
 impl GuestState {
     /// `err`, a trap of this instance, with what to do about it when the
     /// guest ran out of memory before it: a refused `memory.grow` shows
-    /// to the guest as a failed allocation, and most guests trap on that.
+    /// to the guest as a failed allocation, and most guests trap on that;
+    /// or as a spent CPU budget when that is what stopped it.
     pub(crate) fn explain(&self, err: wasmtime::Error) -> wasmtime::Error {
+        if let Some(budget) = self.cpu_spent
+            && is_interrupt(&err)
+        {
+            return err.context(CpuSpent(budget));
+        }
         match self.limits.refused {
             Some(desired) => err.context(format!(
                 "the guest ran out of memory: it asked for {} MiB of linear memory, past \

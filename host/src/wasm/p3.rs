@@ -30,11 +30,20 @@
 //! whose guest has answered but still writes a body is not ended for it,
 //! however long the body takes to reach a slow client (each piece still
 //! has the guest timeout, as for WASIp2).
+//!
+//! CPU time: an instance's is counted as it runs (see `cpu`), in its
+//! route's counter; its requests share it and are not told apart. The
+//! route's CPU budget holds an instance with requests in it to that much
+//! CPU time since it last took one (whichever request spent it): past it,
+//! the instance is dropped as at a deadline, and its requests without a
+//! response head get 504 and the budget's log line. It is looked at as
+//! the instance's task gives its thread back, which a guest that computes
+//! does after each slice.
 
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,9 +60,12 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
-use super::instance::{GuestContext, GuestError, GuestState, RequestBody, classify, within};
+use super::cpu::{CpuTime, Meter};
+use super::instance::{
+    GuestContext, GuestError, GuestState, Metering, RequestBody, classify, within,
+};
 use super::reuse::IDLE_INSTANCE;
-use crate::metrics::{Fault, Metrics};
+use crate::metrics::{Fault, Metrics, RouteCounters};
 use tracing::warn;
 
 /// An event loop's handler of one guest version: the version's
@@ -98,14 +110,24 @@ pub(super) struct Held {
 
 impl Handler {
     /// The handler of a guest version whose pre-instance is `pre`,
-    /// compiled by `engine`, in `ctx`.
-    pub(super) fn new(pre: ServicePre<GuestState>, engine: Engine, ctx: Arc<GuestContext>) -> Self {
+    /// compiled by `engine`, in `ctx`, counting in its route's `counters`.
+    pub(super) fn new(
+        pre: ServicePre<GuestState>,
+        engine: Engine,
+        ctx: Arc<GuestContext>,
+        counters: RouteCounters,
+    ) -> Self {
         let slots = ctx.max_instances.saturating_mul(ctx.p3_concurrency);
         Handler {
             id: NEXT_HANDLER.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
             requests: Arc::new(Semaphore::new(slots.min(Semaphore::MAX_PERMITS))),
-            instances: Instances { pre, engine, ctx },
+            instances: Instances {
+                pre,
+                engine,
+                ctx,
+                counters,
+            },
         }
     }
 
@@ -141,13 +163,26 @@ impl Handler {
         // request it drops with its instance at the deadline reads as the
         // timeout it is.
         let deadline = Instant::now() + ctx.timeout;
+        let cpu_spent = Arc::new(AtomicBool::new(false));
+        let taken = Request {
+            id,
+            body_sender,
+            cpu_spent: cpu_spent.clone(),
+        };
         let response = within(deadline, async {
             self.on_this_loop()
-                .handle(Request { id, body_sender }, request)
+                .handle(taken, request)
                 .await
                 .map_err(explain)
         })
-        .await?;
+        .await;
+        let response = match (response, ctx.cpu_budget) {
+            // Its instance was dropped at the budget.
+            (Err(_), Some(budget)) if cpu_spent.load(Ordering::Relaxed) => {
+                return Err(GuestError::CpuTime(budget));
+            }
+            (response, _) => response?,
+        };
         Ok(Answered {
             response,
             held: Held {
@@ -186,6 +221,8 @@ struct Request {
     id: u64,
     /// Where the instance sends its count of open bodies.
     body_sender: oneshot::Sender<OpenBody>,
+    /// Set when its instance is dropped at the CPU budget.
+    cpu_spent: Arc<AtomicBool>,
 }
 
 /// Makes the instances of one guest version.
@@ -194,6 +231,7 @@ struct Instances {
     pre: ServicePre<GuestState>,
     engine: Engine,
     ctx: Arc<GuestContext>,
+    counters: RouteCounters,
 }
 
 impl HandlerState for Instances {
@@ -207,8 +245,15 @@ impl HandlerState for Instances {
         let deadline = Instant::now() + ctx.timeout;
         // The epoch callback only yields: a request's deadline is kept by
         // the worker, and an instance past it is dropped whole.
-        let mut store =
-            ctx.new_store(&self.engine, deadline, Arc::new(AtomicBool::new(true)), 0)?;
+        let meter = Meter::new(Arc::new(CpuTime::default()), &self.counters);
+        let mut store = ctx.new_store(
+            &self.engine,
+            deadline,
+            Arc::new(AtomicBool::new(true)),
+            0,
+            meter.clone(),
+            Metering::Hooks,
+        )?;
         let pre = ProxyPre::P3(self.pre.clone());
         let proxy = match tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await
         {
@@ -217,6 +262,13 @@ impl HandlerState for Instances {
         };
         let bodies = Arc::new(Bodies::default());
         let expired = Arc::new(AtomicBool::new(false));
+        let budget = ctx.cpu_budget.map(|limit| {
+            Arc::new(Budget {
+                limit,
+                spent: AtomicBool::new(false),
+                requests: Mutex::new(Vec::new()),
+            })
+        });
         Ok(Instance {
             store,
             proxy,
@@ -227,11 +279,15 @@ impl HandlerState for Instances {
                 sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 armed: None,
                 expired: expired.clone(),
+                meter,
+                budget: budget.clone(),
+                cpu_at_arm: Duration::ZERO,
             },
             state: Worker {
                 concurrency: ctx.p3_concurrency,
                 lifetime: ctx.p3_reuse,
                 timeout: ctx.timeout,
+                budget,
                 bodies,
                 expired,
                 metrics: ctx.metrics.clone(),
@@ -249,6 +305,8 @@ struct Worker {
     lifetime: usize,
     /// Time a request has for its response head.
     timeout: Duration,
+    /// The route's CPU budget, if it has one.
+    budget: Option<Arc<Budget>>,
     bodies: Arc<Bodies>,
     /// Set when the instance is dropped at a deadline, not for a trap.
     expired: Arc<AtomicBool>,
@@ -282,16 +340,24 @@ impl WorkerState for Worker {
             .store(request.id, Ordering::Relaxed);
         // A request that has gone already closes its body at once.
         let _ = request.body_sender.send(OpenBody::new(&self.bodies));
+        if let Some(budget) = &self.budget {
+            budget.took(request.cpu_spent);
+        }
         Box::pin(tokio::time::sleep(self.timeout))
     }
 
     fn drop(&self, store: Store<GuestState>, result: wasmtime::Result<()>) {
+        store.data().cpu.stop();
         let Err(err) = result else {
             return;
         };
         if self.expired.load(Ordering::Relaxed) {
-            // Each request in it was counted at its deadline.
-            warn!("a WASIp3 guest instance was dropped at its deadline");
+            // Each request in it was counted, at its deadline or its budget.
+            match self.budget.as_ref().and_then(|budget| budget.spent()) {
+                Some(limit) => warn!(cause = %GuestError::CpuTime(limit),
+                                     "a WASIp3 guest instance was dropped at its CPU budget"),
+                None => warn!("a WASIp3 guest instance was dropped at its deadline"),
+            }
             return;
         }
         // Its requests without a response head get 500 as `Lost`: the
@@ -299,6 +365,44 @@ impl WorkerState for Worker {
         self.metrics.guest_fault(Fault::Trap);
         let err = store.data().explain(err);
         warn!(cause = %format!("{err:#}"), "a WASIp3 guest instance trapped");
+    }
+}
+
+/// An instance's CPU budget, and its requests', which learn that it was
+/// spent.
+struct Budget {
+    /// CPU time the instance may run for since it last took a request.
+    limit: Duration,
+    /// Set when the instance is dropped at the budget.
+    spent: AtomicBool,
+    /// The flags of the requests it took, set with `spent`.
+    requests: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl Budget {
+    /// Remembers a request the instance took.
+    fn took(&self, flag: Arc<AtomicBool>) {
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        // An instance takes at most `p3-reuse` requests in its life.
+        requests.push(flag);
+    }
+
+    /// Tells the instance's requests that it is dropped at the budget.
+    fn spend(&self) {
+        self.spent.store(true, Ordering::Relaxed);
+        for flag in self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The budget, if the instance was dropped at it.
+    fn spent(&self) -> Option<Duration> {
+        self.spent.load(Ordering::Relaxed).then_some(self.limit)
     }
 }
 
@@ -340,6 +444,13 @@ struct Expiry {
     armed: Option<(WorkerStatus, std::time::Instant)>,
     /// Set when it ends an instance that still had work.
     expired: Arc<AtomicBool>,
+    /// The instance's CPU meter, stopped as its task's poll ends.
+    meter: Meter,
+    /// The route's CPU budget, if it has one.
+    budget: Option<Arc<Budget>>,
+    /// The instance's CPU time when the sleep was last set: when it last
+    /// took a request, or began its work after them.
+    cpu_at_arm: Duration,
 }
 
 impl WorkerExpiration for Expiry {
@@ -350,6 +461,9 @@ impl WorkerExpiration for Expiry {
         start: std::time::Instant,
     ) -> Poll<()> {
         let me = &mut *self;
+        // Polled as the worker's poll ends with the instance waiting: the
+        // thread goes to other tasks.
+        me.meter.stop();
         if status == WorkerStatus::PostReturn {
             me.bodies.closed.register(cx.waker());
             if me.bodies.open.load(Ordering::Acquire) > 0 {
@@ -371,6 +485,15 @@ impl WorkerExpiration for Expiry {
             };
             me.sleep.as_mut().reset(from + limit);
             me.armed = Some((status, start));
+            me.cpu_at_arm = me.meter.used();
+        }
+        if let Some(budget) = &me.budget
+            && status != WorkerStatus::Idle
+            && me.meter.used().saturating_sub(me.cpu_at_arm) >= budget.limit
+        {
+            budget.spend();
+            me.expired.store(true, Ordering::Relaxed);
+            return Poll::Ready(());
         }
         std::task::ready!(me.sleep.as_mut().poll(cx));
         if status != WorkerStatus::Idle {

@@ -22,7 +22,7 @@ use super::guest::{Guest, LoadError};
 use super::inspect::Wasi;
 use super::instance::GuestContext;
 use crate::config::GuestSource;
-use crate::metrics::HostCalls;
+use crate::metrics::RouteCounters;
 use crate::watch::Reload;
 
 /// One route's guest: the version that runs now, and where new ones come from.
@@ -30,7 +30,7 @@ pub struct GuestSlot {
     ctx: Arc<GuestContext>,
     source: GuestSource,
     /// The route's count of host calls per request, for every version.
-    host_calls: HostCalls,
+    counters: RouteCounters,
     current: RwLock<Arc<Guest>>,
     /// One reload at a time per slot.
     reloading: tokio::sync::Mutex<()>,
@@ -66,8 +66,8 @@ impl GuestSlot {
         source: GuestSource,
     ) -> Result<GuestSlot, LoadError> {
         let (name, bytes) = source.read()?;
-        let host_calls = ctx.metrics.host_calls(prefix);
-        let loaded = Guest::load(&ctx, &name, &bytes, host_calls.clone())?;
+        let counters = ctx.metrics.route(prefix);
+        let loaded = Guest::load(&ctx, &name, &bytes, counters.clone())?;
         info!(
             guest = %name,
             digest = %loaded.guest.digest,
@@ -79,7 +79,7 @@ impl GuestSlot {
         Ok(GuestSlot {
             ctx,
             source,
-            host_calls,
+            counters,
             current: RwLock::new(Arc::new(loaded.guest)),
             reloading: tokio::sync::Mutex::new(()),
             swaps: AtomicU64::new(0),
@@ -130,13 +130,13 @@ impl GuestSlot {
     async fn load_again(&self) -> Result<Reloaded, LoadError> {
         let running = self.current().digest;
         let (ctx, source) = (self.ctx.clone(), self.source.clone());
-        let host_calls = self.host_calls.clone();
+        let counters = self.counters.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let (name, bytes) = source.read()?;
             if Digest::of(&bytes) == running {
                 return Ok(None);
             }
-            Guest::load(&ctx, &name, &bytes, host_calls).map(Some)
+            Guest::load(&ctx, &name, &bytes, counters).map(Some)
         })
         .await
         .map_err(|err| LoadError::Invalid {

@@ -5,7 +5,9 @@
 //! pool and under the same memory cap as request instances. Every call
 //! into it (`open`, each `on-message`, `on-close`) has the guest timeout:
 //! the epoch callback interrupts a guest that computes past it, and the
-//! host stops waiting on one that blocks past it.
+//! host stops waiting on one that blocks past it. The session's CPU time
+//! is counted over all its calls, and its budget (`--guest-cpu-time`)
+//! holds for the whole session.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -15,7 +17,8 @@ use tokio::time::Instant;
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Engine, Store};
 
-use super::instance::{GuestContext, GuestError, GuestState, within};
+use super::cpu::{Meter, metered};
+use super::instance::{GuestContext, GuestError, GuestState, Metering, within};
 use crate::metrics::{Metrics, Open};
 
 mod bindings {
@@ -62,18 +65,22 @@ pub struct Session {
     /// Counts the session as open while it lasts.
     _open: Open,
     metrics: Arc<Metrics>,
+    /// Counts the session's CPU time, call by call.
+    meter: Meter,
 }
 
 /// Instantiates `pre`, compiled by `engine`, in `ctx` for a session (`id`
-/// in the logs) and asks it to `open`; a fault is counted.
+/// in the logs, its CPU time in `meter`) and asks it to `open`; a fault is
+/// counted.
 pub(super) async fn open(
     pre: &WebsocketHandlerPre<GuestState>,
     engine: &Engine,
     ctx: &GuestContext,
     upgrade: Upgrade,
     id: u64,
+    meter: Meter,
 ) -> Result<Opened, GuestError> {
-    let opened = open_session(pre, engine, ctx, upgrade, id).await;
+    let opened = open_session(pre, engine, ctx, upgrade, id, meter).await;
     if let Some(fault) = opened.as_ref().err().and_then(GuestError::fault) {
         ctx.metrics.guest_fault(fault);
     }
@@ -86,13 +93,26 @@ async fn open_session(
     ctx: &GuestContext,
     upgrade: Upgrade,
     id: u64,
+    meter: Meter,
 ) -> Result<Opened, GuestError> {
     let slot = ctx.admit_session()?;
     let deadline = Instant::now() + ctx.timeout;
     let mut store = ctx
-        .new_store(engine, deadline, Arc::new(AtomicBool::new(false)), id)
+        .new_store(
+            engine,
+            deadline,
+            Arc::new(AtomicBool::new(false)),
+            id,
+            meter.clone(),
+            Metering::Polls,
+        )
         .map_err(GuestError::Setup)?;
-    let handler = within(deadline, pre.instantiate_async(&mut store)).await?;
+    let instantiated = within(
+        deadline,
+        metered(meter.clone(), pre.instantiate_async(&mut store)),
+    )
+    .await;
+    let handler = cpu_spent(&store, instantiated)?;
     let mut session = Session {
         store,
         handler,
@@ -100,15 +120,25 @@ async fn open_session(
         _slot: slot,
         _open: ctx.metrics.websocket_session(),
         metrics: ctx.metrics.clone(),
+        meter,
     };
     let deadline = session.arm();
     let call = session
         .handler
         .wasmhttpd_guest_websocket()
         .call_open(&mut session.store, &upgrade);
-    match within(deadline, call).await? {
+    let opened = within(deadline, metered(session.meter.clone(), call)).await;
+    match cpu_spent(&session.store, opened)? {
         Decision::Accept(protocol) => Ok(Opened::Accepted(session, protocol)),
         Decision::Refuse => Ok(Opened::Refused),
+    }
+}
+
+/// `result`, a call's, as a spent CPU budget when that is what ended it.
+fn cpu_spent<T>(store: &Store<GuestState>, result: Result<T, GuestError>) -> Result<T, GuestError> {
+    match (result, store.data().cpu_spent) {
+        (Err(_), Some(budget)) => Err(GuestError::CpuTime(budget)),
+        (result, _) => result,
     }
 }
 
@@ -117,6 +147,8 @@ impl Session {
     fn arm(&mut self) -> Instant {
         let deadline = Instant::now() + self.timeout;
         self.store.data_mut().deadline = deadline;
+        // A whole epoch slice for this call.
+        self.store.set_epoch_deadline(1);
         deadline
     }
 
@@ -128,7 +160,7 @@ impl Session {
             .handler
             .wasmhttpd_guest_websocket()
             .call_on_message(&mut self.store, message);
-        let result = within(deadline, call).await;
+        let result = within(deadline, metered(self.meter.clone(), call)).await;
         self.count(result)
     }
 
@@ -139,13 +171,13 @@ impl Session {
             self.handler
                 .wasmhttpd_guest_websocket()
                 .call_on_close(&mut self.store, code, reason);
-        let result = within(deadline, call).await;
+        let result = within(deadline, metered(self.meter.clone(), call)).await;
         self.count(result)
     }
 
     /// Counts a failed call in the metrics.
     fn count<T>(&self, result: Result<T, GuestError>) -> Result<T, GuestError> {
-        let result = result.map_err(|err| match err {
+        let result = cpu_spent(&self.store, result).map_err(|err| match err {
             GuestError::Trap(err) => GuestError::Trap(self.store.data().explain(err)),
             other => other,
         });

@@ -5,7 +5,7 @@
 //! | `/ok`               | 200 `ok`                                                   |
 //! | `/echo`             | 200, the request body back, with `x-method` and `x-length` |
 //! | `/stream?n=N&ms=D`  | N chunks `chunk i\n`, D ms apart, without Content-Length   |
-//! | `/loop`             | spins forever before answering                             |
+//! | `/loop`             | spins forever before answering; under any route prefix     |
 //! | `/sleep`            | blocks in a host call forever before answering             |
 //! | `/trap`             | panics (a wasm trap) before answering                      |
 //! | `/alloc`            | allocates until memory runs out                            |
@@ -38,6 +38,8 @@
 //! |                     | `connected` or `refused ERROR`, `resolved` or `refused ERROR` |
 //! | `/fetch-many?n=N&url=URL` | sends N requests at once, then answers a line per request: |
 //! |                     | `status N` or `error CODE`                                 |
+//! | `/open?path=P`      | opens the file P of its root for reading; answers `opened` |
+//! |                     | or `error KIND` (the `std::io::ErrorKind`)                 |
 //!
 //! WebSocket sessions (the `wasmhttpd:guest/websocket` export), by path:
 //!
@@ -93,7 +95,8 @@ impl Guest for Component {
             "/ok" => respond(outparam, 200, &[], b"ok"),
             "/echo" => echo(request, outparam),
             "/stream" => stream(outparam, param(query, "n", 3), param(query, "ms", 100)),
-            "/loop" => loop {
+            // Under any route prefix, like `/fetch`.
+            path if path.ends_with("/loop") => loop {
                 std::hint::spin_loop();
             },
             "/sleep" => loop {
@@ -193,6 +196,14 @@ impl Guest for Component {
                     &[],
                     format!("{connect}\n{lookup}").as_bytes(),
                 );
+            }
+            "/open" => {
+                let name = query.split_once("path=").map_or("", |(_, name)| name);
+                let answer = match std::fs::File::open(format!("/{name}")) {
+                    Ok(_) => "opened".to_owned(),
+                    Err(err) => format!("error {:?}", err.kind()),
+                };
+                respond(outparam, 200, &[], answer.as_bytes());
             }
             "/scheme" => {
                 let scheme = format!("{:?}", request.scheme());

@@ -13,11 +13,13 @@
 //! | `/count`              | after 1 ms, `served S running R peak P`: requests this      |
 //! |                       | instance has taken, those in it now (this one included),    |
 //! |                       | the most at once                                            |
-//! | `/loop`               | spins forever before answering                              |
+//! | `/loop`               | spins forever before answering; under any route prefix      |
 //! | `/trap`               | panics (a wasm trap) before answering                       |
 //! | `/alloc`              | allocates until memory runs out                             |
 //! | `/env?name=N`         | the value of the environment variable N, or 404             |
 //! | `/read?path=P`        | the file P read through the preopened root, or 404          |
+//! | `/open?path=P`        | opens P for reading through WASIp3's `wasi:filesystem`;     |
+//! |                       | `opened`, or `error CODE`                                   |
 //! | `/write`              | tries to create `/p3-written`; answers `written` or         |
 //! |                       | `refused ERROR`                                             |
 //! | `/fetch?url=URL`      | sends `GET URL` (`http://HOST[:PORT]/PATH`) through the     |
@@ -121,7 +123,8 @@ impl wasip3::exports::http::handler::Guest for Component {
                     ),
                 ))
             }
-            "/loop" => loop {
+            // Under any route prefix.
+            path if path.ends_with("/loop") => loop {
                 std::hint::spin_loop();
             },
             "/trap" => panic!("trap requested"),
@@ -143,6 +146,10 @@ impl wasip3::exports::http::handler::Guest for Component {
                     Err(err) => text(404, &format!("cannot read: {err}")),
                 },
             ),
+            "/open" => Ok(text(
+                200,
+                &open(query_value(query, "path").unwrap_or_default()).await,
+            )),
             "/write" => Ok(match std::fs::write("/p3-written", b"x") {
                 Ok(()) => text(200, "written"),
                 Err(err) => text(200, &format!("refused {err}")),
@@ -176,6 +183,31 @@ impl wasip3::exports::http::handler::Guest for Component {
             }
             _ => Ok(text(404, "not found")),
         }
+    }
+}
+
+/// Opens `path` beneath the root preopened at `/` through WASIp3's
+/// `wasi:filesystem`; says how it went.
+async fn open(path: &str) -> String {
+    use wasip3::filesystem::preopens;
+    use wasip3::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    let Some((root, _)) = preopens::get_directories()
+        .into_iter()
+        .find(|(_, name)| name == "/")
+    else {
+        return "error no root".to_owned();
+    };
+    match root
+        .open_at(
+            PathFlags::SYMLINK_FOLLOW,
+            path.to_owned(),
+            OpenFlags::empty(),
+            DescriptorFlags::READ,
+        )
+        .await
+    {
+        Ok(_) => "opened".to_owned(),
+        Err(code) => format!("error {code:?}"),
     }
 }
 
