@@ -55,13 +55,7 @@ fn light_requests_are_answered_while_two_guests_spin_on_the_same_event_loop() {
 
 #[test]
 fn a_guest_that_opens_a_fifo_is_refused_and_everyone_else_is_served() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("file.txt"), "a file").unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(root.path().join("pipe"))
-        .status()
-        .expect("run mkfifo");
-    assert!(status.success(), "mkfifo");
+    let root = root_with_a_fifo();
     let server = TestServer::guest(fault_guest(), root.path(), test_limits());
     // Dropped first: should an open still wait for a writer, one comes, so
     // that the server can stop and the test fail rather than hang.
@@ -86,6 +80,18 @@ fn a_guest_that_opens_a_fifo_is_refused_and_everyone_else_is_served() {
     assert_eq!((status, body.as_slice()), (200, &b"error NotFound"[..]));
     let metrics = scrape(&server);
     assert_eq!(value(&metrics, "wasmhttpd_guest_opens_refused_total"), 3.0);
+}
+
+/// A web root holding a regular file, `file.txt`, and a FIFO, `pipe`.
+fn root_with_a_fifo() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::write(root.path().join("file.txt"), "a file").unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(root.path().join("pipe"))
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo");
+    root
 }
 
 /// Opens a FIFO for writing when dropped, which ends any open of it for
@@ -189,13 +195,7 @@ fn a_routes_own_cpu_budget_holds_on_that_route_alone() {
 
 #[test]
 fn a_wasip3_guests_opens_and_cpu_time_are_held_as_a_wasip2_guests() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("file.txt"), "a file").unwrap();
-    let status = std::process::Command::new("mkfifo")
-        .arg(root.path().join("pipe"))
-        .status()
-        .expect("run mkfifo");
-    assert!(status.success(), "mkfifo");
+    let root = root_with_a_fifo();
     let server = TestServer::start(Config {
         routes: vec![
             Route::new("/", GuestSource::File(p3_guest())).unwrap(),

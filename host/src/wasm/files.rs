@@ -57,28 +57,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result
             p2::OpenFlags,
             p2::DescriptorFlags,
         )| {
-            let wanted = Wanted {
-                follow: path_flags.contains(p2::PathFlags::SYMLINK_FOLLOW),
-                create: open_flags.contains(p2::OpenFlags::CREATE),
-                exclusive: open_flags.contains(p2::OpenFlags::EXCLUSIVE),
-                truncate: open_flags.contains(p2::OpenFlags::TRUNCATE),
-                directory: open_flags.contains(p2::OpenFlags::DIRECTORY),
-                read: flags.contains(p2::DescriptorFlags::READ),
-                write: flags.contains(p2::DescriptorFlags::WRITE),
-                sync: flags.intersects(
-                    p2::DescriptorFlags::FILE_INTEGRITY_SYNC
-                        | p2::DescriptorFlags::DATA_INTEGRITY_SYNC
-                        | p2::DescriptorFlags::REQUESTED_WRITE_SYNC,
-                ),
-            };
+            let wanted = p2_open::wanted(path_flags, open_flags, flags);
             let opened = open_at(store.data_mut(), &fd, &path, wanted)?;
-            Ok((opened.map_err(|refusal| match refusal {
-                Refusal::Io(err) => p2::ErrorCode::from(err),
-                Refusal::Unsupported => p2::ErrorCode::Unsupported,
-                Refusal::Invalid => p2::ErrorCode::Invalid,
-                Refusal::NotPermitted => p2::ErrorCode::NotPermitted,
-                Refusal::NotDirectory => p2::ErrorCode::NotDirectory,
-            }),))
+            Ok((opened.map_err(p2_open::code),))
         },
     );
     linker.allow_shadowing(false);
@@ -99,36 +80,60 @@ pub(crate) fn add_to_linker_p3(linker: &mut Linker<GuestState>) -> wasmtime::Res
             p3::OpenFlags,
             p3::DescriptorFlags,
         )| {
-            let wanted = Wanted {
-                follow: path_flags.contains(p3::PathFlags::SYMLINK_FOLLOW),
-                create: open_flags.contains(p3::OpenFlags::CREATE),
-                exclusive: open_flags.contains(p3::OpenFlags::EXCLUSIVE),
-                truncate: open_flags.contains(p3::OpenFlags::TRUNCATE),
-                directory: open_flags.contains(p3::OpenFlags::DIRECTORY),
-                read: flags.contains(p3::DescriptorFlags::READ),
-                write: flags.contains(p3::DescriptorFlags::WRITE),
-                sync: flags.intersects(
-                    p3::DescriptorFlags::FILE_INTEGRITY_SYNC
-                        | p3::DescriptorFlags::DATA_INTEGRITY_SYNC
-                        | p3::DescriptorFlags::REQUESTED_WRITE_SYNC,
-                ),
-            };
+            let wanted = p3_open::wanted(path_flags, open_flags, flags);
             // Nothing here waits: the open is done within the one call.
             let opened = accessor.with(|mut access| open_at(access.get(), &fd, &path, wanted));
-            Box::pin(async move {
-                Ok((opened?.map_err(|refusal| match refusal {
-                    Refusal::Io(err) => p3::ErrorCode::from(err),
-                    Refusal::Unsupported => p3::ErrorCode::Unsupported,
-                    Refusal::Invalid => p3::ErrorCode::Invalid,
-                    Refusal::NotPermitted => p3::ErrorCode::NotPermitted,
-                    Refusal::NotDirectory => p3::ErrorCode::NotDirectory,
-                }),))
-            })
+            Box::pin(async move { Ok((opened?.map_err(p3_open::code),)) })
         },
     );
     linker.allow_shadowing(false);
     defined
 }
+
+/// For one version's bindings of `wasi:filesystem/types` (the two name
+/// their flags and codes alike): what an `open-at` asks for, and the error
+/// code of a refusal.
+macro_rules! version {
+    ($module:ident, $types:ident) => {
+        mod $module {
+            use super::{Refusal, Wanted, $types as types};
+
+            pub(super) fn wanted(
+                path_flags: types::PathFlags,
+                open_flags: types::OpenFlags,
+                flags: types::DescriptorFlags,
+            ) -> Wanted {
+                Wanted {
+                    follow: path_flags.contains(types::PathFlags::SYMLINK_FOLLOW),
+                    create: open_flags.contains(types::OpenFlags::CREATE),
+                    exclusive: open_flags.contains(types::OpenFlags::EXCLUSIVE),
+                    truncate: open_flags.contains(types::OpenFlags::TRUNCATE),
+                    directory: open_flags.contains(types::OpenFlags::DIRECTORY),
+                    read: flags.contains(types::DescriptorFlags::READ),
+                    write: flags.contains(types::DescriptorFlags::WRITE),
+                    sync: flags.intersects(
+                        types::DescriptorFlags::FILE_INTEGRITY_SYNC
+                            | types::DescriptorFlags::DATA_INTEGRITY_SYNC
+                            | types::DescriptorFlags::REQUESTED_WRITE_SYNC,
+                    ),
+                }
+            }
+
+            pub(super) fn code(refusal: Refusal) -> types::ErrorCode {
+                match refusal {
+                    Refusal::Io(err) => types::ErrorCode::from(err),
+                    Refusal::Unsupported => types::ErrorCode::Unsupported,
+                    Refusal::Invalid => types::ErrorCode::Invalid,
+                    Refusal::NotPermitted => types::ErrorCode::NotPermitted,
+                    Refusal::NotDirectory => types::ErrorCode::NotDirectory,
+                }
+            }
+        }
+    };
+}
+
+version!(p2_open, p2);
+version!(p3_open, p3);
 
 /// What an `open-at` asks for, from either version's flags.
 #[derive(Debug, Clone, Copy)]
