@@ -403,11 +403,11 @@ settings! {
         /// each piece of its body.
         guest_timeout: Secs = DEFAULT_GUEST_TIMEOUT,
         /// CPU time, in milliseconds, a guest may run for on one request
-        /// (its calls into the host included), however long it waits;
-        /// past it the request gets 504 (or, once its head is sent, its
-        /// connection closed) and a log line. Looked at every millisecond
-        /// the guest runs. Unset, the default: no limit but
-        /// --guest-timeout.
+        /// or WebSocket message (its calls into the host included),
+        /// however long it waits; past it the request gets 504 (or, once
+        /// its head is sent, its connection closed) and a log line. Looked
+        /// at every millisecond once the guest has run for 2 ms. Unset,
+        /// the default: no limit but --guest-timeout.
         guest_cpu_time: Maybe<Millis> = None,
         /// Linear memory cap per guest instance, in MiB.
         guest_memory: Mib = DEFAULT_GUEST_MEMORY,

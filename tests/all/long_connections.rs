@@ -555,3 +555,23 @@ fn shutdown_closes_sessions_with_1001() {
     );
     stopping.join().unwrap();
 }
+
+#[test]
+fn each_message_is_held_to_the_cpu_budget_as_a_request_is() {
+    let server = TestServer::faults(Limits {
+        guest_timeout: Duration::from_secs(30),
+        guest_cpu_time: Some(Duration::from_millis(50)),
+        shutdown_grace: Duration::from_millis(100),
+        ..test_limits()
+    });
+    let mut socket = connect(server.addr, "/ws/echo");
+    // Twenty calls of 10 ms each: four times the budget in all, a fifth
+    // of it in each call.
+    for _ in 0..20 {
+        socket.send(Message::text("spin 10")).unwrap();
+        assert_eq!(next_data(&mut socket), Message::text("spun"));
+    }
+    // Long before its 30 s deadline: the budget ends the spinning call.
+    socket.send(Message::text("loop")).unwrap();
+    assert_eq!(close_frame(&mut socket).0, CloseCode::Error);
+}

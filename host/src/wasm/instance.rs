@@ -293,7 +293,7 @@ impl GuestContext {
                 return Ok(UpdateDeadline::Interrupt);
             }
             if let Some(budget) = state.cpu_budget
-                && state.cpu.used() >= budget
+                && state.cpu.used().saturating_sub(state.cpu_from) >= budget
             {
                 state.cpu_spent = Some(budget);
                 return Ok(UpdateDeadline::Interrupt);
@@ -443,6 +443,9 @@ pub(crate) struct GuestState {
     /// or a WebSocket session's store; `None` for a WASIp3 instance, whose
     /// requests are held to it by the worker.
     cpu_budget: Option<Duration>,
+    /// `cpu`'s time when the budget's count began: at the request's
+    /// start, or at a WebSocket call's.
+    cpu_from: Duration,
     /// The budget the guest was stopped at, once it was.
     pub(crate) cpu_spent: Option<Duration>,
     /// Counts opens the host refuses (see `files`).
@@ -490,6 +493,7 @@ impl GuestState {
             metering,
             in_wasm: 0,
             cpu_budget: ctx.cpu_budget.filter(|_| metering == Metering::Polls),
+            cpu_from: Duration::ZERO,
             cpu_spent: None,
             refused_opens: ctx.metrics.refused_opens(),
             _live: ctx.metrics.instance(),
@@ -559,7 +563,14 @@ impl GuestState {
         self.deadline = deadline;
         self.lifted = lifted;
         self.cpu = cpu;
+        self.cpu_from = Duration::ZERO;
         self.cpu_spent = None;
+    }
+
+    /// Begins a WebSocket call: the CPU budget counts from here, so each
+    /// message is held to it as a request is.
+    pub(super) fn begin_call(&mut self) {
+        self.cpu_from = self.cpu.used();
     }
 }
 

@@ -6,8 +6,8 @@
 //! into it (`open`, each `on-message`, `on-close`) has the guest timeout:
 //! the epoch callback interrupts a guest that computes past it, and the
 //! host stops waiting on one that blocks past it. The session's CPU time
-//! is counted over all its calls, and its budget (`--guest-cpu-time`)
-//! holds for the whole session.
+//! is counted over all its calls, and the CPU budget (`--guest-cpu-time`)
+//! holds for each call, as for a request.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -146,7 +146,9 @@ impl Session {
     /// Starts the clock for one call; returns its deadline.
     fn arm(&mut self) -> Instant {
         let deadline = Instant::now() + self.timeout;
-        self.store.data_mut().deadline = deadline;
+        let state = self.store.data_mut();
+        state.deadline = deadline;
+        state.begin_call();
         // A whole epoch slice for this call.
         self.store.set_epoch_deadline(1);
         deadline

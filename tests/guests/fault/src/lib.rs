@@ -47,6 +47,7 @@
 //! |------------------|---------------------------------------------------------------|
 //! | `/ws/echo`       | echoes; `trap` panics, `loop` spins, `sleep` blocks forever,  |
 //! |                  | `alloc` exhausts memory, `many N` answers with N messages,    |
+//! |                  | `spin MS` computes for MS ms, then answers `spun`,            |
 //! |                  | `count` answers with how many messages this session has seen  |
 //! | `/ws/protocol`   | accepts with the last subprotocol the client offered          |
 //! | `/ws/bad-protocol` | accepts with a subprotocol nobody offered                   |
@@ -503,6 +504,14 @@ impl websocket::Guest for Component {
                 .map(|i| Message::Text(format!("reply {i}")))
                 .collect(),
             ("count", _) => vec![Message::Text(seen.to_string())],
+            ("spin", ms) => {
+                // Computes for `ms` milliseconds of the clock, then answers.
+                let until = monotonic_clock::now() + ms.parse().unwrap_or(0) * 1_000_000;
+                while monotonic_clock::now() < until {
+                    std::hint::spin_loop();
+                }
+                vec![Message::Text("spun".to_owned())]
+            }
             _ => vec![message],
         }
     }
