@@ -4,7 +4,9 @@
 //! ceilings; and the key-value guest's, on SQLite and Redis) without
 //! errors and lands in each table the script prints.
 //! The figures themselves are not checked here: they are the script's to
-//! report, on a machine that is not also running tests.
+//! report, on a machine that is not also running tests. So with the
+//! neighbour benchmark, `bench/neighbours.py`: each case runs on each
+//! server and has its row.
 
 use std::path::Path;
 use std::process::Command;
@@ -229,5 +231,66 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             line.len() == 4 && line[2].ends_with('×') && ["yes", "no"].contains(&line[3]),
             "{line:?}"
         );
+    }
+}
+
+#[test]
+fn the_neighbour_benchmark_runs_each_case_on_each_server() {
+    let tools = [
+        ("python3", "apt-get install python3"),
+        ("wasmtime", WASMTIME_INSTALL),
+    ];
+    let mut found = Vec::new();
+    for (tool, install) in tools {
+        let Some(path) = required_tool(tool, install) else {
+            return;
+        };
+        found.push(path);
+    }
+    let dirs = found
+        .iter()
+        .map(|tool| tool.parent().unwrap().to_path_buf());
+    let path = std::env::join_paths(dirs.chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/neighbours.py");
+    let output = Command::new(&found[0])
+        .env("PATH", path)
+        .arg(script)
+        .args(["--no-build", "--timeout", "1", "--window", "0.3"])
+        .args(["--clients", "2", "--wasmhttpd"])
+        .arg(env!("CARGO_BIN_EXE_wasmhttpd"))
+        .arg("--guest")
+        .arg(fault_guest())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .map(|line| line.trim_matches('|').split('|').map(str::trim).collect())
+        .collect();
+    for server in [
+        "wasmhttpd",
+        "wasmhttpd --work-stealing",
+        "wasmtime serve -W timeout=1s",
+    ] {
+        for case in [
+            "none",
+            "2 busy",
+            "8 busy",
+            "2 blocked in a FIFO open",
+            "2 out of memory",
+        ] {
+            let row = rows
+                .iter()
+                .find(|row| row[0] == server && row[1] == case)
+                .unwrap_or_else(|| panic!("no row `{server} | {case}` in\n{stdout}"));
+            // Each case sent light requests, and says what share was answered.
+            assert!(row[2].contains("% of"), "{row:?}");
+        }
     }
 }
