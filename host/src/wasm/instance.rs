@@ -272,8 +272,9 @@ impl GuestContext {
     /// [`SLICE`] (so that its event loop serves its sockets and timers
     /// before the guest runs on) and interrupts the guest once it is past
     /// its deadline, unless `lifted` is set by then, or past its CPU
-    /// budget, and a count of the guest's calls into the host. Its output is logged under the request id
-    /// `id`; its CPU time counts in `meter`, read as `metering` says.
+    /// budget, and a count of the guest's calls into the host. Its output
+    /// is logged under the request id `id`; its CPU time counts in
+    /// `meter`, read as `metering` says.
     pub(crate) fn new_store(
         &self,
         engine: &Engine,
@@ -503,7 +504,7 @@ impl GuestState {
     /// What the epoch callback's yield awaits: tokio's `yield_now`, which
     /// wakes the guest's task only after its event loop has looked at its
     /// sockets and timers, so that a guest computing for long takes one
-    /// tick at a time. A store metered by hooks stops its clock for the
+    /// slice at a time. A store metered by hooks stops its clock for the
     /// wait and starts it again as the guest resumes.
     fn give_back(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         if self.metering == Metering::Polls {
