@@ -110,6 +110,9 @@ KV_REDIS = f"wasmhttpd --reuse {REUSE}, Redis{KV_SUFFIX}"
 # measured against, on the small file with reuse.
 WORK_STEALING = f"wasmhttpd --reuse {REUSE} --work-stealing"
 PINNED = f"wasmhttpd --reuse {REUSE}, two processes pinned to a core each"
+# The same with a rate limit on the route that the load never reaches:
+# what the check costs a request.
+RATE_LIMITED = f"wasmhttpd --reuse {REUSE} --rate 1000000/s"
 # The names of the two servers that run the WASIp3 guest.
 P3_SUFFIX = " (p3 guest)"
 P3_OURS = "wasmhttpd" + P3_SUFFIX
@@ -365,6 +368,11 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
     servers.append(Server(WORK_STEALING,
                           [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
                            "--reuse", str(REUSE), "--work-stealing"], port,
+                          paths={"small": "/index.html"}))
+    port = free_port()
+    servers.append(Server(RATE_LIMITED,
+                          [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                           "--reuse", str(REUSE), "--rate", "1000000/s"], port,
                           paths={"small": "/index.html"}))
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         port = free_port()
@@ -651,7 +659,7 @@ def report(results, idle, servers, args):
     p3 = [n for n in names if n.endswith(P3_SUFFIX)]
     empty = [n for n in names if n.endswith(EMPTY_SUFFIX)]
     kv = [n for n in names if n.endswith(KV_SUFFIX)]
-    runtimes = [WORK_STEALING, PINNED]
+    runtimes = [WORK_STEALING, PINNED, RATE_LIMITED]
     ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty + kv + runtimes]
     peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
@@ -713,6 +721,7 @@ def report(results, idle, servers, args):
                 print(f"| {case} | {a['rps'] / b['rps']:.2f}× req/s, "
                       f"p99 {b['p99'] / a['p99']:.2f}× |")
     report_runtimes(results)
+    report_rate_limit(results)
     report_ceilings(results)
     report_kv(results)
     report_targets(results, idle, args.idle_connections)
@@ -734,6 +743,22 @@ def report_runtimes(results):
     for name, r in rows:
         print(f"| {name} | {r['rps']:.0f} | {r['cpu_us']:.1f} | "
               f"{r['cpu_us'] / base['cpu_us']:.2f}× |")
+
+
+def report_rate_limit(results):
+    """What a rate limit the load never reaches costs each request: the
+    small file with reuse, with one and without."""
+    base, limited = (results.get(("small", name)) for name in
+                     (f"wasmhttpd --reuse {REUSE}", RATE_LIMITED))
+    if not base or not limited:
+        return
+    print("\nRate limit (small file, --reuse; a limit of 1 000 000/s per client, which the "
+          "load never reaches):\n")
+    print("| server | req/s | CPU µs/req | CPU over none | wanted |")
+    print("|---|---:|---:|---:|---|")
+    print(f"| without | {base['rps']:.0f} | {base['cpu_us']:.1f} | – | – |")
+    print(f"| with --rate | {limited['rps']:.0f} | {limited['cpu_us']:.1f} | "
+          f"{limited['cpu_us'] - base['cpu_us']:+.1f} µs | ≤ +1 µs |")
 
 
 def report_kv(results):

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use setting::{Addr, Bytes, Count, FsPath, Maybe, Mib, Millis, Secs, Switch, settings};
 
+use crate::clients::{Rate, TrustedProxies};
 use crate::outbound::policy::{AllowList, Patterns};
 use crate::state::{ConfigValues, ConfigVars, Grants, KvLimits, StoreList, StoreNames, StoreSpec};
 use crate::tls::TlsFiles;
@@ -129,6 +130,17 @@ pub const DEFAULT_KV_PAGE: usize = 1000;
 /// a store that does not answer in this long is down for the guest's
 /// purposes, and the guest still has time to answer its own request.
 pub const DEFAULT_KV_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Clients each route's rate limit keeps track of at once (a few dozen
+/// bytes each): far more than the clients that send within a burst's
+/// time on one server, and few enough that a flood of addresses costs a
+/// few MiB.
+pub const DEFAULT_RATE_CLIENTS: usize = 100_000;
+/// Connections one client may hold open at once: a tenth of
+/// `--max-connections`, so that one client cannot take them all, and far
+/// more than a browser opens (six over HTTP/1.1, one over HTTP/2), even for
+/// an office of them behind one address.
+pub const DEFAULT_MAX_CLIENT_CONNECTIONS: usize = 1000;
 
 /// Which component handles requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -394,6 +406,18 @@ settings! {
         /// Seconds one key-value operation may take before the guest gets
         /// an error.
         kv_timeout: Secs = DEFAULT_KV_TIMEOUT,
+        /// A proxy in front of the server (an address, or a range such as
+        /// 10.0.0.0/8) whose Forwarded or X-Forwarded-For header names the
+        /// client for --rate and --max-client-connections; from any other
+        /// peer those headers are ignored. Repeatable.
+        trusted_proxy: Proxies = TrustedProxies::default(),
+        /// Clients each route's rate limit keeps track of at once; while
+        /// that many are, the ones past them share one budget.
+        rate_clients: Count<usize> = DEFAULT_RATE_CLIENTS,
+        /// Connections one client (an address; an IPv6 client by its /64)
+        /// may hold open at once; a new one past it gets 503 and is closed.
+        /// A --trusted-proxy is not held to it.
+        max_client_connections: Count<usize> = DEFAULT_MAX_CLIENT_CONNECTIONS,
     }
 
     /// A route's own limits (`--route /api=api.wasm,guest-timeout=5`); each
@@ -440,6 +464,73 @@ settings! {
         /// A value guests read through wasi:config/store: KEY=VALUE.
         /// Repeatable. A route's own list replaces the server's.
         config_var: ConfigVars = ConfigValues::default(),
+        /// Requests each client may send to a route, a second (10/s) or a
+        /// minute (600/m), checked before any guest runs; more get 429 with
+        /// Retry-After. off, or unset (the default): no limit.
+        rate: Rates = None,
+        /// Requests a client may send at once, above its --rate, before the
+        /// limit holds it [default: the rate's count].
+        burst: Maybe<Count<u32>> = None,
+    }
+}
+
+/// The `--rate` setting: `N/s`, `N/m`, or `off`.
+pub struct Rates;
+
+impl setting::Unit for Rates {
+    type Value = Option<Rate>;
+    const VALUE_NAME: &'static str = "RATE";
+
+    fn parse(text: &str) -> Result<Option<Rate>, String> {
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        Rate::parse(text).map(Some)
+    }
+
+    fn show(_: &Option<Rate>) -> Option<String> {
+        None
+    }
+}
+
+/// The `--trusted-proxy` setting: addresses and ranges, repeated or in
+/// an array of the configuration file.
+pub struct Proxies;
+
+impl setting::Unit for Proxies {
+    type Value = TrustedProxies;
+    const VALUE_NAME: &'static str = "ADDR_OR_RANGE";
+
+    fn parse(text: &str) -> Result<TrustedProxies, String> {
+        TrustedProxies::parse(text).map(|net| TrustedProxies(vec![net]))
+    }
+
+    fn from_file(value: &toml::Value, _: &file::ConfigFile) -> Result<TrustedProxies, String> {
+        setting::strings(value, "addresses or ranges")?
+            .iter()
+            .map(|text| TrustedProxies::parse(text))
+            .collect::<Result<Vec<_>, String>>()
+            .map(TrustedProxies)
+    }
+
+    fn show(_: &TrustedProxies) -> Option<String> {
+        None
+    }
+
+    fn arg(arg: clap::Arg) -> clap::Arg {
+        setting::list_arg(arg, Self::VALUE_NAME, Self::parse)
+    }
+
+    fn given(matches: &clap::ArgMatches, id: &str) -> Option<TrustedProxies> {
+        matches
+            .get_many::<TrustedProxies>(id)?
+            .cloned()
+            .reduce(Self::combine)
+    }
+
+    fn combine(mut earlier: TrustedProxies, later: TrustedProxies) -> TrustedProxies {
+        earlier.0.extend(later.0);
+        earlier
     }
 }
 

@@ -16,6 +16,9 @@
 //!
 //! Layout:
 //! - [`config`]: the configuration and every limit, with its default.
+//! - [`clients`]: who a client is (its address, or the one a trusted
+//!   proxy forwards), and its share: a route's rate limit, its open
+//!   connections.
 //! - [`server`]: binding, the event loops (one per core, each accepting
 //!   and serving), the connection cap, the drain.
 //! - [`tls`]: the certificate and key for HTTPS, checked and reloaded.
@@ -43,6 +46,7 @@
 
 #[cfg(feature = "count-allocations")]
 pub mod allocations;
+pub mod clients;
 pub mod config;
 mod cores;
 pub mod dispatch;

@@ -16,6 +16,9 @@
 //! | `wasmhttpd_guest_cpu_exhausted_total` | counter | guests stopped at their CPU budget (`--guest-cpu-time`) |
 //! | `wasmhttpd_guest_cpu_seconds_total{route}` | counter | CPU time guests ran for, by route, counted as it is spent |
 //! | `wasmhttpd_guest_opens_refused_total` | counter | guests' opens of what is neither a regular file nor a directory (a FIFO, a socket, a device), refused |
+//! | `wasmhttpd_rate_limited_total{route}` | counter | requests a route's rate limit answered with 429 |
+//! | `wasmhttpd_rate_limit_clients{route}` | gauge | clients a route's rate limit keeps track of now |
+//! | `wasmhttpd_client_connections_refused_total` | counter | connections refused because their client held `--max-client-connections` |
 //! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
 //! | `wasmhttpd_tls_reloads_total{result}` | counter | TLS certificate reloads, `loaded` or `failed` |
 //! | `wasmhttpd_outgoing_requests_total{result}` | counter | guests' outgoing requests: `sent` (a response came), `denied` (by the allow-list or `--max-outbound`), `failed` |
@@ -137,6 +140,9 @@ pub struct Metrics {
     cpu_exhausted: Counter,
     refused_opens: Counter,
     guest_cpu: Family<RouteLabel, Counter<f64, AtomicU64>>,
+    rate_limited: Family<RouteLabel, Counter>,
+    rate_clients: Family<RouteLabel, Gauge>,
+    client_connections_refused: Counter,
     reloads: Family<ResultLabel, Counter>,
     tls_reloads: Family<ResultLabel, Counter>,
     outgoing: Family<ResultLabel, Counter>,
@@ -170,8 +176,16 @@ impl Metrics {
         let latency = Histogram::new(exponential_buckets(start, factor, count));
         let [connections, instances, websocket_sessions] = [(); 3].map(|()| Gauge::default());
         let event_loop_connections = Family::<EventLoopLabel, Gauge>::default();
-        let [traps, timeouts, cpu_exhausted, refused_opens] = [(); 4].map(|()| Counter::default());
+        let [
+            traps,
+            timeouts,
+            cpu_exhausted,
+            refused_opens,
+            client_connections_refused,
+        ] = [(); 5].map(|()| Counter::default());
         let guest_cpu = Family::<RouteLabel, Counter<f64, AtomicU64>>::default();
+        let rate_limited = Family::<RouteLabel, Counter>::default();
+        let rate_clients = Family::<RouteLabel, Gauge>::default();
         let reloads = Family::<ResultLabel, Counter>::default();
         let outgoing = Family::<ResultLabel, Counter>::default();
         let tls_reloads = Family::<ResultLabel, Counter>::default();
@@ -240,6 +254,21 @@ impl Metrics {
             refused_opens.clone(),
         );
         registry.register(
+            "rate_limited",
+            "Requests a route's rate limit answered with 429, by route",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_clients",
+            "Clients a route's rate limit keeps track of now, by route",
+            rate_clients.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Connections refused because their client held as many as it may",
+            client_connections_refused.clone(),
+        );
+        registry.register(
             "reloads",
             "Guest reloads, swapped in or failed",
             reloads.clone(),
@@ -294,6 +323,9 @@ impl Metrics {
             cpu_exhausted,
             refused_opens,
             guest_cpu,
+            rate_limited,
+            rate_clients,
+            client_connections_refused,
             reloads,
             tls_reloads,
             outgoing,
@@ -319,6 +351,23 @@ impl Metrics {
     /// The counter of guests' refused opens.
     pub(crate) fn refused_opens(&self) -> Counter {
         self.refused_opens.clone()
+    }
+
+    /// The rate limit's counter of refused requests and gauge of clients
+    /// of the route at `prefix`.
+    pub(crate) fn rate_limit(&self, prefix: &str) -> (Counter, Gauge) {
+        let label = RouteLabel {
+            route: prefix.to_owned(),
+        };
+        (
+            self.rate_limited.get_or_create(&label).clone(),
+            self.rate_clients.get_or_create(&label).clone(),
+        )
+    }
+
+    /// The counter of connections refused for their client's share.
+    pub(crate) fn client_connections_refused(&self) -> Counter {
+        self.client_connections_refused.clone()
     }
 
     /// Counts a refused open of the store `store` (`""`: a name no store

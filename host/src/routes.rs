@@ -7,42 +7,46 @@
 
 use std::sync::Arc;
 
+use crate::clients::RateLimit;
 use crate::wasm::reload::GuestSlot;
+
+/// A guest mounted at a prefix, and the rate limit its clients are held
+/// to.
+pub struct Mount {
+    /// Each request's exchange keeps it without a copy.
+    pub prefix: Arc<str>,
+    /// The guest, and its versions as they are swapped in.
+    pub slot: Arc<GuestSlot>,
+    /// The route's rate limit, if it has one.
+    pub rate: Option<Arc<RateLimit>>,
+}
 
 /// The route table.
 pub struct Routes {
-    /// Longest prefix first; each request's exchange keeps its route's
-    /// prefix without a copy.
-    table: Vec<(Arc<str>, Arc<GuestSlot>)>,
+    /// Longest prefix first.
+    table: Vec<Mount>,
 }
 
 impl Routes {
-    /// A table of `(prefix, slot)` pairs; prefixes are distinct.
-    pub fn new(table: Vec<(String, Arc<GuestSlot>)>) -> Routes {
-        let mut table: Vec<(Arc<str>, _)> = table
-            .into_iter()
-            .map(|(prefix, slot)| (prefix.into(), slot))
-            .collect();
-        table.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+    /// A table of mounts; prefixes are distinct.
+    pub fn new(mut table: Vec<Mount>) -> Routes {
+        table.sort_by_key(|mount| std::cmp::Reverse(mount.prefix.len()));
         Routes { table }
     }
 
     /// The slot for `path`, if a route takes it.
     pub fn find(&self, path: &str) -> Option<&Arc<GuestSlot>> {
-        self.route(path).map(|(_, slot)| slot)
+        self.route(path).map(|mount| &mount.slot)
     }
 
-    /// The prefix and slot of the route that takes `path`, if any.
-    pub fn route(&self, path: &str) -> Option<(&Arc<str>, &Arc<GuestSlot>)> {
-        self.table
-            .iter()
-            .find(|(prefix, _)| takes(prefix, path))
-            .map(|(prefix, slot)| (prefix, slot))
+    /// The route that takes `path`, if any.
+    pub fn route(&self, path: &str) -> Option<&Mount> {
+        self.table.iter().find(|mount| takes(&mount.prefix, path))
     }
 
     /// Every route's slot.
     pub fn slots(&self) -> impl Iterator<Item = &Arc<GuestSlot>> {
-        self.table.iter().map(|(_, slot)| slot)
+        self.table.iter().map(|mount| &mount.slot)
     }
 }
 

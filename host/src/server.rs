@@ -14,13 +14,14 @@ use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::config::{Config, GuestSource, RouteLimits};
+use crate::clients::{RateLimit, RateLimits};
+use crate::config::{Config, GuestSource, Limits, Route, RouteLimits};
 use crate::cores;
 use crate::dispatch::{Connection, Dispatch};
 use crate::metrics::{Metrics, RouteCounters};
 use crate::proto::conn::Conn;
 use crate::proto::h2;
-use crate::routes::Routes;
+use crate::routes::{Mount, Routes};
 use crate::state::{StateError, Stores};
 use crate::tls::{Certificates, TlsError};
 use crate::wasm::cache::{CompiledCache, Digest, Origin};
@@ -380,9 +381,10 @@ impl Server {
             )
             .map_err(StartError::Tls)?,
         );
-        let mut table: Vec<(String, Arc<GuestSlot>)> = Vec::new();
+        let rate_limits = Arc::new(RateLimits::default());
+        let mut table: Vec<Mount> = Vec::new();
         for route in config.routes {
-            if table.iter().any(|(prefix, _)| *prefix == route.prefix) {
+            if table.iter().any(|mount| *mount.prefix == route.prefix) {
                 return Err(StartError::DuplicateRoute(route.prefix));
             }
             let ctx = if route.limits == RouteLimits::default() {
@@ -390,15 +392,23 @@ impl Server {
             } else {
                 Arc::new(guests.for_route(&route.limits))
             };
+            let rate = rate_limit(&route, &config.limits, &metrics);
+            if let Some(rate) = &rate {
+                rate_limits.add(rate);
+            }
             let slot = GuestSlot::load(ctx, &route.prefix, route.guest)?;
-            table.push((route.prefix, Arc::new(slot)));
+            table.push(Mount {
+                prefix: route.prefix.into(),
+                slot: Arc::new(slot),
+                rate,
+            });
         }
         // Watching starts here, so that a file replaced as soon as the
         // server is up is seen.
         let watching = if config.watch {
             let mut targets: Vec<Arc<dyn Reload>> = table
                 .iter()
-                .map(|(_, slot)| slot.clone() as Arc<dyn Reload>)
+                .map(|mount| mount.slot.clone() as Arc<dyn Reload>)
                 .collect();
             targets.extend(tls.clone().map(|tls| tls as Arc<dyn Reload>));
             crate::watch::watch(targets)
@@ -418,6 +428,7 @@ impl Server {
         let loop_connections = metrics.event_loop(0);
         let dispatch = Dispatch::new(
             Routes::new(table),
+            rate_limits,
             config.limits,
             metrics,
             shutdown.subscribe(),
@@ -471,6 +482,9 @@ impl Server {
             .watching
             .take()
             .map(|watching| AbortOnDrop(tokio::spawn(watching.reload_on_change())));
+        let _sweep = AbortOnDrop(tokio::spawn(
+            self.shared.dispatch.rate_limits().clone().sweep(),
+        ));
         let limits = self.shared.dispatch.limits();
         let max_connections = limits.max_connections;
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -670,17 +684,26 @@ impl Server {
     /// Serves an accepted connection in a task of its own, which holds
     /// `permit` (its place under the connection cap) until it ends.
     fn spawn_connection(&self, stream: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+        let dispatch = self.shared.dispatch.clone();
+        let Some(client) = dispatch.connections().open(peer.ip()) else {
+            // Its client holds as many as it may: a cleartext client is
+            // told so, if the socket takes the answer at once; a TLS one,
+            // before its handshake, is only closed.
+            if self.shared.tls.is_none() {
+                let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+            }
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else {
             return;
         };
-        let dispatch = self.shared.dispatch.clone();
         let open = dispatch.metrics().connection(&self.loop_connections);
         let tls = self.shared.tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(
             async move {
                 serve_connection(stream, local, peer, tls, dispatch).await;
-                drop((open, permit));
+                drop((open, permit, client));
             }
             .instrument(info_span!("conn", %peer)),
         );
@@ -739,6 +762,25 @@ async fn serve_tls(
         return h2::serve(stream, conn, dispatch).await;
     }
     Conn::new(stream, local, peer, true, dispatch).serve().await;
+}
+
+/// What a cleartext client past `--max-client-connections` gets before
+/// its new connection closes.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
+    Content-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The rate limit of `route`, under the server's `limits`, if it has one.
+fn rate_limit(route: &Route, limits: &Limits, metrics: &Metrics) -> Option<Arc<RateLimit>> {
+    let limits = route.limits.apply(limits);
+    let rate = limits.rate?;
+    let (refused, tracked) = metrics.rate_limit(&route.prefix);
+    Some(Arc::new(RateLimit::new(
+        rate,
+        limits.burst,
+        limits.rate_clients,
+        refused,
+        tracked,
+    )))
 }
 
 /// Aborts a task when dropped: a server's background work when it stops.

@@ -2,8 +2,9 @@
 //! `/account`, over real loopback connections: register, sign in, see who
 //! is signed in, sign out; the pages for a taken name, a wrong password
 //! and a missing field; the cookie's attributes over HTTP and HTTPS; the
-//! password never stored in clear; and the same guest under
-//! `wasmtime serve -S keyvalue`.
+//! password never stored in clear; a sign-in that tells nothing of which
+//! names exist, and failed sign-ins that pause a name; and the same guest
+//! under `wasmtime serve -S keyvalue`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -374,4 +375,110 @@ fn replicas_behind_nginx_with_one_redis_share_one_signed_in_session() {
             page.text()
         );
     }
+}
+
+#[test]
+fn an_unknown_name_gets_the_answer_and_the_work_of_a_wrong_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::process::start(
+        crate::process::wasmhttpd()
+            .env("RUST_LOG", "warn,wasmhttpd::guest=info")
+            .args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(demo_root())
+            .args(["--route", "/account=builtin:accounts,allow-kv=default"])
+            .arg("--data-dir")
+            .arg(dir.path()),
+        "listening on http://",
+    );
+    let created = post(
+        server.addr,
+        "/account/register",
+        "name=ada&email=a%40x&password=correct+horse",
+        None,
+    );
+    assert_eq!(created.status, 201);
+    let wrong = post(
+        server.addr,
+        "/account/signin",
+        "name=ada&password=wrong+horse",
+        None,
+    );
+    let wrong_check = server.wait_for_log("sign-in: checked a password");
+    let unknown = post(
+        server.addr,
+        "/account/signin",
+        "name=nobody&password=wrong+horse",
+        None,
+    );
+    // A name without an account is checked too: a line of its own.
+    let unknown_check = server.wait_for_log("sign-in: checked a password");
+    // The guest's line, without the request id the host adds after it.
+    let work = |line: &str| {
+        let said = line.split("sign-in: ").nth(1).unwrap();
+        said.split(" id=").next().unwrap().to_owned()
+    };
+    assert_eq!(work(&wrong_check), work(&unknown_check));
+    assert!(
+        work(&wrong_check).contains("argon2id") && work(&wrong_check).contains("m=19456"),
+        "{wrong_check}"
+    );
+    // The same status and the same page, but for the name typed back.
+    assert_eq!((wrong.status, unknown.status), (401, 401));
+    assert_eq!(
+        wrong.text().replace("value=\"ada\"", "value=\"?\""),
+        unknown.text().replace("value=\"nobody\"", "value=\"?\"")
+    );
+}
+
+#[test]
+fn failed_sign_ins_pause_a_name_and_a_good_one_starts_the_count_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(demo(dir.path()));
+    let addr = server.addr;
+    let created = post(
+        addr,
+        "/account/register",
+        "name=lin&email=l%40x&password=correct+horse",
+        None,
+    );
+    assert_eq!(created.status, 201);
+    let sign_in = |name: &str, password: &str| {
+        post(
+            addr,
+            "/account/signin",
+            &format!("name={name}&password={password}"),
+            None,
+        )
+    };
+    // Four failures, then the right password: the count starts again.
+    for _ in 0..4 {
+        assert_eq!(sign_in("lin", "wrong").status, 401);
+    }
+    assert_eq!(sign_in("lin", "correct+horse").status, 303);
+    // So four more do not pause the name; the fifth in a row does.
+    for _ in 0..5 {
+        assert_eq!(sign_in("lin", "wrong").status, 401);
+    }
+    let paused = sign_in("lin", "correct+horse");
+    assert_eq!(paused.status, 429, "{}", paused.text());
+    assert!(
+        paused.text().contains("paused: try again in 30 seconds"),
+        "{}",
+        paused.text()
+    );
+    assert_eq!(paused.header("retry-after"), Some("30"));
+    assert!(paused.header("set-cookie").is_none());
+    // A name without an account is paused alike: a pause tells nothing.
+    for _ in 0..5 {
+        assert_eq!(sign_in("ghost", "wrong").status, 401);
+    }
+    let ghost = sign_in("ghost", "wrong");
+    assert_eq!(ghost.status, 429);
+    assert_eq!(
+        ghost.text(),
+        paused.text(),
+        "the same page whether the name exists"
+    );
+    // Other names are not held up.
+    assert_eq!(sign_in("ada", "wrong").status, 401);
 }

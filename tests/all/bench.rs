@@ -1,7 +1,8 @@
 //! The side-by-side benchmark, `bench/bench.py`, in a short pass: every
 //! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
 //! guest's, beside `wasmtime serve`; and the empty guest's, for the
-//! ceilings; and the key-value guest's, on SQLite and Redis) without
+//! ceilings; and the key-value guest's, on SQLite and Redis; and with a
+//! rate limit the load never reaches) without
 //! errors and lands in each table the script prints.
 //! The figures themselves are not checked here: they are the script's to
 //! report, on a machine that is not also running tests. So with the
@@ -232,6 +233,23 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
             "{line:?}"
         );
     }
+    // What a rate limit the load never reaches costs: the same case with
+    // and without one, and the difference.
+    let limited = titled("with --rate");
+    assert!(
+        limited.len() == 5 && limited[3].ends_with("µs") && limited[4] == "≤ +1 µs",
+        "{limited:?}"
+    );
+    let requests: f64 = row(
+        "small file (4 conns, keep-alive)",
+        "wasmhttpd --reuse 1000 --rate 1000000/s",
+    )[2]
+    .parse()
+    .unwrap();
+    assert!(
+        requests > 0.0,
+        "{requests} req/s with a rate limit\n{stdout}"
+    );
 }
 
 #[test]

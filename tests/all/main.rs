@@ -12,6 +12,7 @@ mod bench;
 mod browser;
 mod build_check;
 mod cli;
+mod client_limits;
 mod compression;
 mod docs;
 mod examples;

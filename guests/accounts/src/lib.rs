@@ -10,7 +10,7 @@
 //! | `GET /account/` | who is signed in, with a form to sign out; or a form to sign in |
 //! | `GET /account` | 301 to `/account/` |
 //! | `POST /account/register`: `name`, `email`, `password` | 201, the account stored; 409 when the name is taken |
-//! | `POST /account/signin`: `name`, `password` | 303 to `/account/` with a session cookie; 401 for a wrong name or password |
+//! | `POST /account/signin`: `name`, `password` | 303 to `/account/` with a session cookie; 401 for a wrong name or password, the same page and the same work whether the name exists or not; 429 with `Retry-After` while the name is paused after failed sign-ins |
 //! | `POST /account/signout` | 303 to `/account/`, the session ended and its cookie removed |
 //! | a missing or empty field | 400, a page naming it |
 //! | a body that is not a form / malformed / over [`MAX_BODY`] | 415 / 400 / 413 |
@@ -19,6 +19,19 @@
 //!
 //! The session cookie is `HttpOnly` and `SameSite=Lax`, `Secure` when the
 //! request came over HTTPS, and lasts [`SESSION_SECONDS`].
+//!
+//! Guessing is made slow and tells nothing. A name that does not exist
+//! costs the same Argon2id check as a wrong password (against a fixed hash
+//! of the same parameters) and gets the same answer, so neither the time
+//! nor the page tells which names exist. Failed sign-ins are counted per
+//! name, whether it exists or not: after [`FREE_FAILURES`] in a row the
+//! name is paused for [`FIRST_PAUSE_SECONDS`], twice as long after each
+//! failure past that, up to [`MAX_PAUSE_SECONDS`]; a successful sign-in
+//! starts the count again, and one that fails is forgotten after
+//! [`MAX_PAUSE_SECONDS`]. A session is kept under the SHA-256 of its token,
+//! so neither the store nor a look-up sees the token itself, and the
+//! stored digest is compared in constant time. The host's rate limit on
+//! the route (`wasmhttpd.toml`) bounds how often each client may try.
 
 pub mod form;
 
@@ -54,6 +67,18 @@ const MAX_NAME: usize = 64;
 const MIN_PASSWORD: usize = 8;
 /// The session cookie's name.
 const COOKIE: &str = "session";
+/// Failed sign-ins in a row a name may have before it is paused.
+pub const FREE_FAILURES: u64 = 5;
+/// The first pause, after [`FREE_FAILURES`] failed sign-ins.
+pub const FIRST_PAUSE_SECONDS: u64 = 30;
+/// The longest pause; a failed sign-in older than this is forgotten.
+pub const MAX_PAUSE_SECONDS: u64 = 60 * 60;
+/// What a sign-in for a name without an account is checked against: an
+/// Argon2id hash with the parameters of every account's
+/// (`Argon2::default()`), of a password no account has, so that it costs
+/// what a wrong password does.
+const NO_ACCOUNT_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$CzBVep/E6Q4zWH2ix+wRNg$\
+                               3sbc2cvsNCQbpu+EMMlj48YRw3FHzRml9bWfOYyXSvM";
 
 struct Component;
 
@@ -243,17 +268,28 @@ fn sign_in(base: &str, fields: &[(String, String)], secure: bool) -> Result<Repl
         Err(reply) => return Ok(reply),
     };
     let bucket = bucket()?;
+    let failures = Failures::of(&name);
+    if let Some(wait) = failures.paused(&bucket, now())? {
+        return Ok(Reply::page(
+            429,
+            "Too many failed sign-ins",
+            &format!(
+                "<p>Sign-ins with this name failed too many times in a row, so they are \
+                 paused: try again in {}.</p>",
+                duration(wait)
+            ),
+        )
+        .with("retry-after", wait.to_string()));
+    }
     let account = bucket.get(&format!("account:{name}"))?;
     let hash = account.as_deref().and_then(|account| {
         let text = std::str::from_utf8(account).ok()?;
         Some(text.split_once('\n')?.1.to_owned())
     });
-    let verified = hash.is_some_and(|hash| {
-        argon2::Argon2::default()
-            .verify_password(password.as_bytes(), hash.as_str())
-            .is_ok()
-    });
-    if !verified {
+    // The same check whether the name has an account or not.
+    let matches = check_password(&password, hash.as_deref().unwrap_or(NO_ACCOUNT_HASH));
+    if !(matches && hash.is_some()) {
+        failures.failed(&bucket, now())?;
         return Ok(Reply::page(
             401,
             "Wrong name or password",
@@ -263,20 +299,103 @@ fn sign_in(base: &str, fields: &[(String, String)], secure: bool) -> Result<Repl
             ),
         ));
     }
+    failures.forget(&bucket)?;
     let token = hex(&random::get_random_bytes(32));
     let expires = now() + SESSION_SECONDS;
     bucket.set(
-        &format!("session:{token}"),
-        format!("{name}\n{expires}").as_bytes(),
+        &session_key(&token),
+        format!("{name}\n{expires}\n{}", hex(&digest(&token))).as_bytes(),
     )?;
     Ok(Reply::see_other(&format!("{base}/"))
         .with("set-cookie", cookie(&token, SESSION_SECONDS, secure)))
 }
 
+/// Whether `password` is the one `hash` (a PHC string) was made from: an
+/// Argon2id check of the parameters the hash names, said in the log so
+/// that the work each sign-in does can be seen.
+fn check_password(password: &str, hash: &str) -> bool {
+    let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(hash) else {
+        return false;
+    };
+    eprintln!(
+        "sign-in: checked a password against an {} hash ({})",
+        parsed.algorithm, parsed.params
+    );
+    argon2::Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// A name's failed sign-ins in a row (`failures:NAME`, counted atomically)
+/// and when the last one was (`failed-at:NAME`).
+struct Failures {
+    count: String,
+    last: String,
+}
+
+impl Failures {
+    fn of(name: &str) -> Failures {
+        Failures {
+            count: format!("failures:{name}"),
+            last: format!("failed-at:{name}"),
+        }
+    }
+
+    /// The seconds left of the name's pause at `now`, if it is paused.
+    fn paused(&self, bucket: &store::Bucket, now: u64) -> Result<Option<u64>, store::Error> {
+        // An increment by nothing reads the count as it stands.
+        let count = atomics::increment(bucket, &self.count, 0)?;
+        if count < FREE_FAILURES {
+            return Ok(None);
+        }
+        let last = self.last(bucket)?;
+        let until = last.saturating_add(pause(count));
+        Ok((now < until && now.saturating_sub(last) < MAX_PAUSE_SECONDS).then(|| until - now))
+    }
+
+    /// Counts a failed sign-in at `now`; one older than the longest pause
+    /// before it is forgotten first.
+    fn failed(&self, bucket: &store::Bucket, now: u64) -> Result<(), store::Error> {
+        if now.saturating_sub(self.last(bucket)?) >= MAX_PAUSE_SECONDS {
+            bucket.delete(&self.count)?;
+        }
+        atomics::increment(bucket, &self.count, 1)?;
+        bucket.set(&self.last, now.to_string().as_bytes())
+    }
+
+    /// Starts the count again, after a successful sign-in.
+    fn forget(&self, bucket: &store::Bucket) -> Result<(), store::Error> {
+        bucket.delete(&self.count)?;
+        bucket.delete(&self.last)
+    }
+
+    fn last(&self, bucket: &store::Bucket) -> Result<u64, store::Error> {
+        Ok(bucket
+            .get(&self.last)?
+            .and_then(|last| String::from_utf8(last).ok()?.parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+/// How long a name with `count` failed sign-ins in a row is paused.
+fn pause(count: u64) -> u64 {
+    let doublings = count.saturating_sub(FREE_FAILURES).min(16);
+    (FIRST_PAUSE_SECONDS << doublings).min(MAX_PAUSE_SECONDS)
+}
+
+/// `seconds` as a visitor reads it.
+fn duration(seconds: u64) -> String {
+    match seconds {
+        0..=1 => "a second".to_owned(),
+        2..=90 => format!("{seconds} seconds"),
+        _ => format!("{} minutes", seconds.div_ceil(60)),
+    }
+}
+
 /// `POST signout`: ends the session and removes its cookie.
 fn sign_out(base: &str, token: Option<&str>, secure: bool) -> Result<Reply, store::Error> {
     if let Some(token) = token.filter(|token| is_token(token)) {
-        bucket()?.delete(&format!("session:{token}"))?;
+        bucket()?.delete(&session_key(token))?;
     }
     Ok(Reply::see_other(&format!("{base}/")).with("set-cookie", cookie("", 0, secure)))
 }
@@ -287,20 +406,39 @@ fn session_name(token: &str) -> Result<Option<String>, store::Error> {
         return Ok(None);
     }
     let bucket = bucket()?;
-    let key = format!("session:{token}");
+    let key = session_key(token);
     let Some(session) = bucket.get(&key)? else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(&session);
-    let Some((name, expires)) = text.split_once('\n') else {
+    let mut lines = text.split('\n');
+    let (Some(name), Some(expires), Some(stored)) = (lines.next(), lines.next(), lines.next())
+    else {
         return Ok(None);
     };
+    let same: bool =
+        subtle::ConstantTimeEq::ct_eq(stored.as_bytes(), hex(&digest(token)).as_bytes()).into();
+    if !same {
+        return Ok(None);
+    }
     if expires.parse::<u64>().is_ok_and(|expires| expires > now()) {
         Ok(Some(name.to_owned()))
     } else {
         bucket.delete(&key)?;
         Ok(None)
     }
+}
+
+/// The SHA-256 of a session token.
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Where the session of `token` is kept: under its digest, never the
+/// token itself.
+fn session_key(token: &str) -> String {
+    format!("session:{}", hex(&digest(token)))
 }
 
 /// A session token: 64 hex digits.
@@ -492,4 +630,37 @@ fn send(outparam: ResponseOutparam, reply: Reply) {
     }
     drop(stream);
     let _ = OutgoingBody::finish(body, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_without_an_account_is_checked_as_hard_as_one_with() {
+        let fixed = argon2::password_hash::phc::PasswordHash::new(NO_ACCOUNT_HASH).unwrap();
+        let salt = [7; 16];
+        let made = argon2::Argon2::default()
+            .hash_password_with_salt(b"any password", &salt)
+            .unwrap();
+        assert_eq!(fixed.algorithm, made.algorithm);
+        assert_eq!(fixed.version, made.version);
+        assert_eq!(fixed.params, made.params);
+        assert_eq!(
+            fixed.hash.map(|hash| hash.len()),
+            made.hash.map(|hash| hash.len())
+        );
+        assert!(!check_password("any password", NO_ACCOUNT_HASH));
+    }
+
+    #[test]
+    fn pauses_double_from_the_first_up_to_the_longest() {
+        assert_eq!(pause(FREE_FAILURES), FIRST_PAUSE_SECONDS);
+        assert_eq!(pause(FREE_FAILURES + 1), 2 * FIRST_PAUSE_SECONDS);
+        assert_eq!(pause(FREE_FAILURES + 3), 8 * FIRST_PAUSE_SECONDS);
+        assert_eq!(pause(FREE_FAILURES + 50), MAX_PAUSE_SECONDS);
+        assert_eq!(duration(30), "30 seconds");
+        assert_eq!(duration(61), "61 seconds");
+        assert_eq!(duration(91), "2 minutes");
+    }
 }

@@ -495,6 +495,32 @@ impl Unit for FsPath {
     }
 }
 
+/// A flag that may repeat, each value parsed by `parse`.
+pub(crate) fn list_arg<T: Clone + Send + Sync + 'static>(
+    arg: clap::Arg,
+    value_name: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> clap::Arg {
+    arg.value_name(value_name)
+        .action(clap::ArgAction::Append)
+        .value_parser(move |text: &str| parse(text))
+}
+
+/// The strings of an array (or a lone string) in the configuration file.
+pub(crate) fn strings(value: &toml::Value, what: &str) -> Result<Vec<String>, String> {
+    match value {
+        toml::Value::String(text) => Ok(vec![text.clone()]),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(text) => Ok(text.clone()),
+                other => Err(format!("expected {what} in strings, not {other}")),
+            })
+            .collect(),
+        other => Err(format!("expected an array of {what}, not {other}")),
+    }
+}
+
 /// A switch: a flag without a value (`--no-watch`); `true` or `false` in
 /// the file and the environment.
 pub struct Switch;

@@ -8,8 +8,9 @@
 //!    the version of that route's guest that will serve it;
 //! 2. [`Dispatch::respond`]s with an `http::Response`: from the guest, its
 //!    head checked (status, `Content-Length`), or a page of the host's own
-//!    (no route, a body over the limit, a guest that failed) that reads and
-//!    carries the same headers as the default guest's;
+//!    (no route, a client past the route's rate limit, a body over the
+//!    limit, a guest that failed) that reads and carries the same headers
+//!    as the default guest's;
 //! 3. [`Exchange::finish`]es once the front end has sent it, which writes
 //!    the access log line and counts the response in the metrics: the one
 //!    place either is written.
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::clients::{Connections, RateLimit, RateLimits};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
@@ -59,21 +61,34 @@ pub struct Dispatch {
     routes: Routes,
     limits: Limits,
     metrics: Arc<Metrics>,
+    /// Every route's rate limit, for their sweep.
+    rate_limits: Arc<RateLimits>,
+    /// The connections each client holds.
+    connections: Arc<Connections>,
     /// Becomes true when the server starts shutting down.
     shutdown: watch::Receiver<bool>,
     next_id: AtomicU64,
 }
 
 impl Dispatch {
-    /// A dispatch over `routes`, under `limits`, counting in `metrics`.
+    /// A dispatch over `routes` (whose rate limits `rate_limits` sweeps),
+    /// under `limits`, counting in `metrics`.
     pub(crate) fn new(
         routes: Routes,
+        rate_limits: Arc<RateLimits>,
         limits: Limits,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> Dispatch {
+        let connections = Arc::new(Connections::new(
+            limits.max_client_connections,
+            limits.trusted_proxy.clone(),
+            metrics.client_connections_refused(),
+        ));
         Dispatch {
             routes,
+            rate_limits,
+            connections,
             limits,
             metrics,
             shutdown,
@@ -94,6 +109,16 @@ impl Dispatch {
     /// The server's metrics.
     pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The routes' rate limits.
+    pub(crate) fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.rate_limits
+    }
+
+    /// The connections each client holds.
+    pub(crate) fn connections(&self) -> &Arc<Connections> {
+        &self.connections
     }
 
     /// A receiver that sees the server begin to shut down.
@@ -120,7 +145,8 @@ impl Dispatch {
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |target| target.to_string()),
             version,
-            route: route.map(|(prefix, slot)| (prefix.clone(), slot.current())),
+            route: route.map(|mount| (mount.prefix.clone(), mount.slot.current())),
+            rate: route.and_then(|mount| mount.rate.clone()),
             cpu: Arc::default(),
             conn,
             metrics: self.metrics.clone(),
@@ -138,6 +164,7 @@ impl Dispatch {
             target: "-".to_owned(),
             version: Version::HTTP_11,
             route: None,
+            rate: None,
             cpu: Arc::default(),
             conn,
             metrics: self.metrics.clone(),
@@ -174,6 +201,9 @@ impl Dispatch {
         let Some((_, guest)) = &exchange.route else {
             return page(StatusCode::NOT_FOUND, HeaderMap::new());
         };
+        if let Some(refused) = self.rate_limited(exchange, request.headers()) {
+            return refused;
+        }
         // A front end that reads bodies whole refuses these before reading;
         // one that streams hands them on.
         let limit = self.limits.max_body;
@@ -202,6 +232,24 @@ impl Dispatch {
         }
     }
 
+    /// `429` with `Retry-After` for a request whose client is past its
+    /// route's rate limit, the client told by the request's `headers` when
+    /// it came through a trusted proxy; `None` for one that may go on.
+    fn rate_limited(&self, exchange: &Exchange, headers: &HeaderMap) -> Option<Response> {
+        let rate = exchange.rate.as_ref()?;
+        let client = self
+            .limits
+            .trusted_proxy
+            .client(exchange.conn.peer.ip(), headers);
+        let prefix = exchange.route.as_ref().map_or("-", |(prefix, _)| prefix);
+        let wait = rate.check(client, prefix).err()?;
+        let mut headers = HeaderMap::new();
+        // Whole seconds, rounded up: a client that waits that long passes.
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        Some(page(StatusCode::TOO_MANY_REQUESTS, headers))
+    }
+
     /// The guest that takes upgrades to WebSocket for this request, if its
     /// route's guest has the export.
     pub fn websocket_guest(&self, exchange: &Exchange) -> Option<Arc<Guest>> {
@@ -226,6 +274,8 @@ pub struct Exchange {
     version: Version,
     /// The route's prefix and the guest version that serves the request.
     route: Option<(Arc<str>, Arc<Guest>)>,
+    /// The route's rate limit, if it has one.
+    rate: Option<Arc<RateLimit>>,
     /// The CPU time the request's guest ran for (a WASIp2 guest's, or a
     /// WebSocket session's).
     cpu: Arc<CpuTime>,

@@ -72,6 +72,24 @@ impl Dispatch {
         let Some(guest) = self.websocket_guest(exchange) else {
             return Err(page(StatusCode::NOT_FOUND, HeaderMap::new()));
         };
+        // The headers that can name a client behind a proxy.
+        let forwarding: HeaderMap = upgrade
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                name.eq_ignore_ascii_case("forwarded")
+                    || name.eq_ignore_ascii_case("x-forwarded-for")
+            })
+            .filter_map(|(name, value)| {
+                Some((
+                    http::HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    http::HeaderValue::from_bytes(value).ok()?,
+                ))
+            })
+            .collect();
+        if let Some(refused) = self.rate_limited(exchange, &forwarding) {
+            return Err(refused);
+        }
         let offered = upgrade.protocols.clone();
         let (session, protocol) = match guest
             .open_websocket(upgrade, exchange.id, &exchange.cpu)

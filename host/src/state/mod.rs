@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::info;
 
 use crate::config::file::ConfigFile;
-use crate::config::setting::Unit;
+use crate::config::setting::{Unit, list_arg, strings};
 use crate::metrics::{KvCounted, Metrics};
 use futures_util::FutureExt;
 
@@ -258,32 +258,6 @@ impl Unit for ConfigVars {
     fn combine(mut earlier: ConfigValues, later: ConfigValues) -> ConfigValues {
         earlier.0.extend(later.0);
         earlier
-    }
-}
-
-/// A flag that may repeat, each value parsed by `parse`.
-fn list_arg<T: Clone + Send + Sync + 'static>(
-    arg: clap::Arg,
-    value_name: &'static str,
-    parse: fn(&str) -> Result<T, String>,
-) -> clap::Arg {
-    arg.value_name(value_name)
-        .action(clap::ArgAction::Append)
-        .value_parser(move |text: &str| parse(text))
-}
-
-/// The strings of an array (or a lone string) in the configuration file.
-fn strings(value: &toml::Value, what: &str) -> Result<Vec<String>, String> {
-    match value {
-        toml::Value::String(text) => Ok(vec![text.clone()]),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|item| match item {
-                toml::Value::String(text) => Ok(text.clone()),
-                other => Err(format!("expected {what} in strings, not {other}")),
-            })
-            .collect(),
-        other => Err(format!("expected an array of {what}, not {other}")),
     }
 }
 
