@@ -482,3 +482,19 @@ fn failed_sign_ins_pause_a_name_and_a_good_one_starts_the_count_again() {
     // Other names are not held up.
     assert_eq!(sign_in("ada", "wrong").status, 401);
 }
+
+#[test]
+fn a_name_no_account_can_have_is_answered_as_a_wrong_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(demo(dir.path()));
+    // Longer than any key the store takes, and than a name may be.
+    let long = "n".repeat(1000);
+    let answer = post(
+        server.addr,
+        "/account/signin",
+        &format!("name={long}&password=whatever"),
+        None,
+    );
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    assert!(answer.text().contains("Wrong name or password"));
+}

@@ -268,6 +268,9 @@ fn sign_in(base: &str, fields: &[(String, String)], secure: bool) -> Result<Repl
         Err(reply) => return Ok(reply),
     };
     let bucket = bucket()?;
+    // A name no account can have (registration refuses it) is not looked
+    // up, but it is checked and counted like any other.
+    let possible = name.chars().count() <= MAX_NAME && !name.chars().any(char::is_control);
     let failures = Failures::of(&name);
     if let Some(wait) = failures.paused(&bucket, now())? {
         return Ok(Reply::page(
@@ -281,7 +284,10 @@ fn sign_in(base: &str, fields: &[(String, String)], secure: bool) -> Result<Repl
         )
         .with("retry-after", wait.to_string()));
     }
-    let account = bucket.get(&format!("account:{name}"))?;
+    let account = match possible {
+        true => bucket.get(&format!("account:{name}"))?,
+        false => None,
+    };
     let hash = account.as_deref().and_then(|account| {
         let text = std::str::from_utf8(account).ok()?;
         Some(text.split_once('\n')?.1.to_owned())
@@ -326,8 +332,10 @@ fn check_password(password: &str, hash: &str) -> bool {
         .is_ok()
 }
 
-/// A name's failed sign-ins in a row (`failures:NAME`, counted atomically)
-/// and when the last one was (`failed-at:NAME`).
+/// A name's failed sign-ins in a row (`failures:ID`, counted atomically)
+/// and when the last one was (`failed-at:ID`), under an ID made from the
+/// name's digest: keys of one length, whatever name a guesser sends, and
+/// no name a guesser made up kept in the store.
 struct Failures {
     count: String,
     last: String,
@@ -335,9 +343,10 @@ struct Failures {
 
 impl Failures {
     fn of(name: &str) -> Failures {
+        let id = hex(&digest(name)[..16]);
         Failures {
-            count: format!("failures:{name}"),
-            last: format!("failed-at:{name}"),
+            count: format!("failures:{id}"),
+            last: format!("failed-at:{id}"),
         }
     }
 
@@ -429,10 +438,10 @@ fn session_name(token: &str) -> Result<Option<String>, store::Error> {
     }
 }
 
-/// The SHA-256 of a session token.
-fn digest(token: &str) -> [u8; 32] {
+/// The SHA-256 of `text`: a session token, a name.
+fn digest(text: &str) -> [u8; 32] {
     use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
+    sha2::Sha256::digest(text.as_bytes()).into()
 }
 
 /// Where the session of `token` is kept: under its digest, never the
