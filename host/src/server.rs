@@ -687,10 +687,9 @@ impl Server {
         let dispatch = self.shared.dispatch.clone();
         let Some(client) = dispatch.connections().open(peer.ip()) else {
             // Its client holds as many as it may: a cleartext client is
-            // told so, if the socket takes the answer at once; a TLS one,
-            // before its handshake, is only closed.
+            // told so; a TLS one, before its handshake, is only closed.
             if self.shared.tls.is_none() {
-                let _ = stream.try_write(TOO_MANY_CONNECTIONS);
+                tokio::spawn(refuse(stream));
             }
             return;
         };
@@ -768,6 +767,23 @@ async fn serve_tls(
 /// its new connection closes.
 const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
     Content-Length: 0\r\nConnection: close\r\n\r\n";
+/// How long a refused connection's request is read and dropped after the
+/// answer, so that closing with it unread (a reset) does not destroy the
+/// answer on its way.
+const REFUSED_LINGER: Duration = Duration::from_millis(200);
+
+/// Answers a connection its client may not open with 503, then closes it.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(TOO_MANY_CONNECTIONS).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut unread = [0; 4096];
+    let _ = tokio::time::timeout(REFUSED_LINGER, async {
+        while stream.read(&mut unread).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+}
 
 /// The rate limit of `route`, under the server's `limits`, if it has one.
 fn rate_limit(route: &Route, limits: &Limits, metrics: &Metrics) -> Option<Arc<RateLimit>> {

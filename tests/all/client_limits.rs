@@ -237,8 +237,12 @@ fn one_client_holds_no_more_connections_than_its_share() {
             stream
         })
         .collect();
-    // A third from the same client is told 503 and closed.
+    // A third from the same client is told 503 and closed, its request
+    // unread.
     let mut third = connect_from("127.0.0.1", server.addr);
+    third
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
     let mut answer = Vec::new();
     third.read_to_end(&mut answer).unwrap();
     let answer = String::from_utf8(answer).unwrap();
