@@ -54,6 +54,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -113,6 +114,11 @@ PINNED = f"wasmhttpd --reuse {REUSE}, two processes pinned to a core each"
 # The same with a rate limit on the route that the load never reaches:
 # what the check costs a request.
 RATE_LIMITED = f"wasmhttpd --reuse {REUSE} --rate 1000000/s"
+# The same with OpenTelemetry traces exported to an OTLP receiver in this
+# script, every request sampled, and one in a hundred: what tracing costs
+# a request.
+TRACED = f"wasmhttpd --reuse {REUSE}, traced (sampler 1.0)"
+TRACED_RARELY = f"wasmhttpd --reuse {REUSE}, traced (sampler 0.01)"
 # The names of the two servers that run the WASIp3 guest.
 P3_SUFFIX = " (p3 guest)"
 P3_OURS = "wasmhttpd" + P3_SUFFIX
@@ -147,15 +153,18 @@ def wait_for_port(port, process, timeout=120):
 
 
 class Server:
-    def __init__(self, name, args, port, cwd=None, paths=None):
+    def __init__(self, name, args, port, cwd=None, paths=None, env=None):
         # `paths`: the path each case loads on this server, and the only
         # cases it takes part in; None: every case, on the case's path.
         self.name, self.port, self.paths = name, port, paths
         self.log = tempfile.TemporaryFile()
         # Error backtraces cost every server that honours RUST_BACKTRACE;
         # request logs are off for all (nginx: access_log off).
-        env = {k: v for k, v in os.environ.items() if k not in ("RUST_BACKTRACE", "RUST_LOG")}
+        extra = env or {}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RUST_BACKTRACE", "RUST_LOG") and not k.startswith("OTEL_")}
         env["RUST_LOG"] = "warn"
+        env.update(extra)
         # Outside the repository, whose wasmhttpd.toml (the demo) a
         # wasmhttpd started there would read.
         self.process = subprocess.Popen(
@@ -347,7 +356,39 @@ def build():
     )
 
 
-def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
+class Receiver:
+    """An OTLP/HTTP receiver for the traced servers: takes each export
+    whole and answers 200 at once, counting the exports and their bytes
+    (a collector's work, not the server's)."""
+
+    def __init__(self):
+        import http.server
+        counts = self.counts = {"exports": 0, "bytes": 0}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                counts["bytes"] += len(self.rfile.read(length))
+                counts["exports"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest, receiver):
     """Starts each server, adding it to `servers` (for the caller to stop
     them all, whether or not every one started)."""
     common = ["--root", str(root), "--no-watch", "--no-cache",
@@ -374,6 +415,15 @@ def start_servers(servers, root, workdir, keep_alive_secs, wasmhttpd, guest):
                           [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
                            "--reuse", str(REUSE), "--rate", "1000000/s"], port,
                           paths={"small": "/index.html"}))
+    for name, ratio in ((TRACED, "1.0"), (TRACED_RARELY, "0.01")):
+        port = free_port()
+        servers.append(Server(name,
+                              [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common,
+                               "--reuse", str(REUSE)], port,
+                              paths={"small": "/index.html"},
+                              env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                   "OTEL_TRACES_SAMPLER": "traceidratio",
+                                   "OTEL_TRACES_SAMPLER_ARG": ratio}))
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         port = free_port()
         one = [str(wasmhttpd), "--listen", f"127.0.0.1:{port}", *common, "--reuse", str(REUSE),
@@ -573,9 +623,10 @@ def main():
         shutil.copytree(REPO / "www", root)
         (root / "big.bin").write_bytes(os.urandom(BIG_FILE))
         servers = []
+        receiver = Receiver()
         try:
             start_servers(servers, root, tmp, keep_alive_secs=60, wasmhttpd=args.wasmhttpd,
-                          guest=args.guest)
+                          guest=args.guest, receiver=receiver)
             results = run_cases(
                 CASES, servers, args,
                 lambda port, path, connections, extra: wrk(port, path, connections,
@@ -595,6 +646,7 @@ def main():
         finally:
             for server in servers:
                 server.stop()
+            receiver.stop()
         if not args.only or any(case[0] in args.only for case in P3_CASES):
             p3_servers = []
             try:
@@ -659,7 +711,7 @@ def report(results, idle, servers, args):
     p3 = [n for n in names if n.endswith(P3_SUFFIX)]
     empty = [n for n in names if n.endswith(EMPTY_SUFFIX)]
     kv = [n for n in names if n.endswith(KV_SUFFIX)]
-    runtimes = [WORK_STEALING, PINNED, RATE_LIMITED]
+    runtimes = [WORK_STEALING, PINNED, RATE_LIMITED, TRACED, TRACED_RARELY]
     ours = [n for n in names if n.startswith("wasmhttpd") and n not in p3 + empty + kv + runtimes]
     peers = [n for n in names if not n.startswith("wasmhttpd") and n not in p3]
     print(f"\nMachine: {machine()}. wrk -t2, {args.duration} s a run, "
@@ -722,6 +774,7 @@ def report(results, idle, servers, args):
                       f"p99 {b['p99'] / a['p99']:.2f}× |")
     report_runtimes(results)
     report_rate_limit(results)
+    report_tracing(results)
     report_ceilings(results)
     report_kv(results)
     report_targets(results, idle, args.idle_connections)
@@ -759,6 +812,24 @@ def report_rate_limit(results):
     print(f"| without | {base['rps']:.0f} | {base['cpu_us']:.1f} | – | – |")
     print(f"| with --rate | {limited['rps']:.0f} | {limited['cpu_us']:.1f} | "
           f"{limited['cpu_us'] - base['cpu_us']:+.1f} µs | ≤ +1 µs |")
+
+
+def report_tracing(results):
+    """What OpenTelemetry tracing costs each request: the small file with
+    reuse, untraced, and traced at two sampler ratios."""
+    base = results.get(("small", f"wasmhttpd --reuse {REUSE}"))
+    rows = [(label, results.get(("small", name))) for label, name in
+            (("sampler 1.0", TRACED), ("sampler 0.01", TRACED_RARELY))]
+    if not base or not all(r for _, r in rows):
+        return
+    print("\nTracing (small file, --reuse; spans exported over OTLP/HTTP to a receiver "
+          "in the benchmark script):\n")
+    print("| traces | req/s | CPU µs/req | CPU over none |")
+    print("|---|---:|---:|---:|")
+    print(f"| off | {base['rps']:.0f} | {base['cpu_us']:.1f} | – |")
+    for label, r in rows:
+        print(f"| {label} | {r['rps']:.0f} | {r['cpu_us']:.1f} | "
+              f"{r['cpu_us'] - base['cpu_us']:+.1f} µs |")
 
 
 def report_kv(results):

@@ -21,6 +21,8 @@
 //!   connections.
 //! - [`server`]: binding, the event loops (one per core, each accepting
 //!   and serving), the connection cap, the drain.
+//! - [`telemetry`]: OpenTelemetry traces, from the `OTEL_*` variables:
+//!   the spans the rest opens, their export off the event loops.
 //! - [`tls`]: the certificate and key for HTTPS, checked and reloaded.
 //! - [`routes`]: which guest serves which path prefix.
 //! - [`dispatch`]: between the front ends and the guests, for every
@@ -56,6 +58,7 @@ pub mod proto;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod wasm;
 pub mod watch;

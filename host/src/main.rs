@@ -288,18 +288,10 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), Failure> {
     let settings = Settings::parse().map_err(Failure::Usage)?;
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr);
-    match settings.log_format {
-        LogFormat::Json => logs.json().init(),
-        // Colours for a terminal only: not for journald, files or pipes.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+    let tracing = wasmhttpd::telemetry::Tracing::from_env().map_err(Failure::Usage)?;
+    init_logs(settings.log_format, tracing.as_ref());
+    if let Some(tracing) = &tracing {
+        tracing::info!(endpoint = %tracing.endpoint(), "exporting traces over OTLP");
     }
     if let Some(path) = &settings.config {
         tracing::info!(config = %path.display(), "read the configuration file");
@@ -336,7 +328,33 @@ fn run() -> Result<(), Failure> {
     } else {
         runtime.block_on(serve(config, listeners))
     };
+    if let Some(tracing) = tracing {
+        tracing.flush();
+    }
     done.map_err(Failure::Start)
+}
+
+/// Log lines to stderr, as `RUST_LOG` filters them (`info` without it);
+/// the spans of requests to `tracing`'s exporter alone, when there is
+/// one.
+fn init_logs(format: LogFormat, tracing: Option<&wasmhttpd::telemetry::Tracing>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter};
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
+        // Colours for a terminal only: not for journald, files or pipes.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed(),
+    };
+    let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let no_spans = filter::filter_fn(|meta| meta.target() != wasmhttpd::telemetry::SPANS);
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter::FilterExt::and(levels, no_spans)))
+        .with(tracing.map(|tracing| tracing.layer()))
+        .init();
 }
 
 /// Where the server listens, as the start-up settings say.

@@ -19,6 +19,7 @@
 //! | `wasmhttpd_rate_limited_total{route}` | counter | requests a route's rate limit answered with 429 |
 //! | `wasmhttpd_rate_limit_clients{route}` | gauge | clients a route's rate limit keeps track of now |
 //! | `wasmhttpd_client_connections_refused_total` | counter | connections refused because their client held `--max-client-connections` |
+//! | `wasmhttpd_trace_spans_dropped_total` | counter | trace spans never exported: the export queue was full, or the collector did not take their batch |
 //! | `wasmhttpd_reloads_total{result}` | counter | guest reloads, `swapped` or `failed` |
 //! | `wasmhttpd_tls_reloads_total{result}` | counter | TLS certificate reloads, `loaded` or `failed` |
 //! | `wasmhttpd_outgoing_requests_total{result}` | counter | guests' outgoing requests: `sent` (a response came), `denied` (by the allow-list or `--max-outbound`), `failed` |
@@ -233,6 +234,12 @@ impl Metrics {
             websocket_sessions.clone(),
         );
         registry.register("guest_traps", "Guests that trapped", traps.clone());
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans never exported: the export queue was full, or the collector did not \
+             take their batch",
+            crate::telemetry::SPANS_DROPPED.clone(),
+        );
         registry.register(
             "guest_timeouts",
             "Guests stopped at their deadline",

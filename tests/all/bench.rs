@@ -2,7 +2,7 @@
 //! server starts, takes wrk's load (and h2load's, over TLS; and the WASIp3
 //! guest's, beside `wasmtime serve`; and the empty guest's, for the
 //! ceilings; and the key-value guest's, on SQLite and Redis; and with a
-//! rate limit the load never reaches) without
+//! rate limit the load never reaches; and traced) without
 //! errors and lands in each table the script prints.
 //! The figures themselves are not checked here: they are the script's to
 //! report, on a machine that is not also running tests. So with the
@@ -250,6 +250,17 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         requests > 0.0,
         "{requests} req/s with a rate limit\n{stdout}"
     );
+    // What tracing costs: the same case traced at two sampler ratios, and
+    // the difference from untraced.
+    for sampler in ["sampler 1.0", "sampler 0.01"] {
+        let traced = titled(sampler);
+        assert!(
+            traced.len() == 4
+                && traced[1].parse::<f64>().unwrap() > 0.0
+                && traced[3].ends_with("µs"),
+            "{traced:?}"
+        );
+    }
 }
 
 #[test]

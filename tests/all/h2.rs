@@ -82,13 +82,13 @@ impl Secure {
 }
 
 /// An HTTP/2 client over a new cleartext connection (prior knowledge).
-async fn cleartext(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
+pub(crate) async fn cleartext(addr: SocketAddr) -> SendRequest<Full<Bytes>> {
     client(tokio::net::TcpStream::connect(addr).await.unwrap()).await
 }
 
 /// Sends `method path` with `body`; returns the status, the response's
 /// header fields and its body.
-async fn send(
+pub(crate) async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     method: &str,
     uri: &str,

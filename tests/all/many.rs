@@ -489,6 +489,7 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
     };
     let manifest = deploy_file("kubernetes/wasmhttpd.yaml");
     let redis_manifest = deploy_file("kubernetes/redis.yaml");
+    let collector_manifest = deploy_file("kubernetes/otel-collector.yaml");
     // The schema of the oldest Kubernetes release still supported and of
     // the newest, strictly: an unknown or misspelt field is an error.
     for version in ["1.32.0", "1.37.0"] {
@@ -496,6 +497,7 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
             .args(["--strict", "--quiet", "-k", version])
             .arg(&manifest)
             .arg(&redis_manifest)
+            .arg(&collector_manifest)
             .output()
             .unwrap();
         assert!(
@@ -599,6 +601,46 @@ fn the_kubernetes_manifests_validate_and_probe_what_the_server_serves() {
             .any(|route| route.as_str().unwrap().contains("allow-kv=default")),
         "a route is granted the store"
     );
+    // Traces go to the collector of otel-collector.yaml, by its Service's
+    // name and OTLP/HTTP port, and the server takes the variables it is
+    // given.
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .expect("the OTEL_* variables")
+        .iter()
+        .map(|var| {
+            (
+                var["name"].as_str().unwrap().to_owned(),
+                var["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let collector = load(&collector_manifest);
+    let collector = collector
+        .iter()
+        .find(|document| document["kind"] == "Service")
+        .expect("a collector Service");
+    let endpoint = env
+        .iter()
+        .find(|(name, _)| name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+        .map(|(_, value)| value.as_str());
+    assert_eq!(
+        endpoint,
+        Some(
+            format!(
+                "http://{}:{}",
+                collector["metadata"]["name"].as_str().unwrap(),
+                collector["spec"]["ports"][0]["port"]
+            )
+            .as_str()
+        )
+    );
+    let settings = wasmhttpd::telemetry::Settings::read(|name| {
+        env.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    });
+    assert!(matches!(settings, Ok(Some(_))), "{settings:?}");
     // The probes ask the endpoints the metrics listener serves.
     for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
         assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");

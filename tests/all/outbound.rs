@@ -66,7 +66,7 @@ impl Listener {
         self.connections.load(Ordering::SeqCst)
     }
 
-    fn heads(&self) -> Vec<String> {
+    pub(crate) fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
 

@@ -37,6 +37,7 @@ use crate::clients::{Connections, RateLimit, RateLimits};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
+use crate::telemetry;
 use crate::wasm::cpu::CpuTime;
 use crate::wasm::guest::{BodyError, Guest, GuestBody};
 use crate::wasm::inspect::Wasi;
@@ -126,19 +127,35 @@ impl Dispatch {
         self.shutdown.clone()
     }
 
-    /// Begins a request whose head has arrived: gives it an id and the
-    /// route that takes its path. The guest version running now serves
-    /// the whole request, even if a new one is swapped in meanwhile.
+    /// Begins a request whose head has arrived: gives it an id, the
+    /// route that takes its path, and its span (in the trace its
+    /// `traceparent` header names, if it has one). The guest version
+    /// running now serves the whole request, even if a new one is swapped
+    /// in meanwhile.
     pub fn begin(
         &self,
         method: &Method,
         uri: &Uri,
         version: Version,
+        headers: &HeaderMap,
         conn: Connection,
     ) -> Exchange {
         let route = self.routes.route(uri.path());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = telemetry::server_span(
+            method,
+            uri,
+            version,
+            headers,
+            conn.peer,
+            conn.local,
+            conn.tls,
+            route.map(|mount| &*mount.prefix),
+            id,
+        );
         Exchange {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
+            span,
             started: Instant::now(),
             method: Some(method.clone()),
             target: uri
@@ -159,6 +176,7 @@ impl Dispatch {
     pub fn refused(&self, conn: Connection, status: StatusCode, bytes: u64) {
         let exchange = Exchange {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            span: tracing::Span::none(),
             started: Instant::now(),
             method: None,
             target: "-".to_owned(),
@@ -198,7 +216,7 @@ impl Dispatch {
         B: Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let Some((_, guest)) = &exchange.route else {
+        let Some((prefix, guest)) = &exchange.route else {
             return page(StatusCode::NOT_FOUND, HeaderMap::new());
         };
         if let Some(refused) = self.rate_limited(exchange, request.headers()) {
@@ -222,7 +240,10 @@ impl Dispatch {
                 *request.uri_mut() = uri;
             }
         }
-        match guest.handle(request, exchange.id, &exchange.cpu).await {
+        match guest
+            .handle(request, exchange.id, &exchange.cpu, &exchange.span, prefix)
+            .await
+        {
             Ok(response) => checked(exchange, response),
             Err(err) => {
                 warn!(id = exchange.id, method = %exchange.method(), target = %exchange.target,
@@ -266,6 +287,8 @@ impl Dispatch {
 pub struct Exchange {
     /// The request's id in the logs, the guest's output included.
     pub id: u64,
+    /// Its SERVER span; disabled when traces are not exported.
+    span: tracing::Span,
     started: Instant,
     /// `None` for a request refused before its head was read.
     method: Option<Method>,
@@ -314,6 +337,8 @@ impl Exchange {
     ) {
         let elapsed = self.started.elapsed();
         self.metrics.response(status, timed.then_some(elapsed));
+        telemetry::end_server_span(&self.span, status.as_u16(), bytes);
+        let trace_id = telemetry::trace_id(&self.span);
         // Which kind of guest the request went to, if it had a route; the
         // CPU time of a guest that ran for this request alone.
         let (wasi, cpu_us) = match &self.route {
@@ -347,6 +372,7 @@ impl Exchange {
             cpu_us,
             close_code = session.as_ref().map(|ended| ended.code),
             messages = session.as_ref().map(|ended| ended.messages),
+            trace_id = trace_id.as_ref().map(tracing::field::display),
         );
     }
 }

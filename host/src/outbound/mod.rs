@@ -45,7 +45,7 @@ use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
-use tracing::{info, warn};
+use tracing::{Span, info, warn};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, TlsAlertReceivedPayload};
 use wasmtime_wasi_http::{
@@ -55,6 +55,7 @@ use wasmtime_wasi_http::{
 
 use crate::config::Limits;
 use crate::metrics::{Metrics, Outgoing};
+use crate::telemetry;
 use crate::tls::TlsError;
 use policy::{AllowList, Candidates, Denial, Host, Scheme};
 
@@ -110,6 +111,7 @@ impl Outbound {
             outbound: self.clone(),
             request,
             open: Arc::new(Semaphore::new(self.max_open)),
+            trace: opentelemetry::Context::new(),
         }
     }
 }
@@ -121,6 +123,16 @@ pub struct Hooks {
     request: Arc<AtomicU64>,
     /// This instance's share of open outgoing requests.
     open: Arc<Semaphore>,
+    /// The trace context of the guest's run for that request: each
+    /// outgoing request's span goes under it.
+    trace: opentelemetry::Context,
+}
+
+impl Hooks {
+    /// Opens the spans of outgoing requests under `cx` from now on.
+    pub fn trace(&mut self, cx: &opentelemetry::Context) {
+        self.trace = cx.clone();
+    }
 }
 
 /// What [`WasiHttpHooks::send_request`] gives back: the response, and the
@@ -147,11 +159,14 @@ impl WasiHttpHooks for Hooks {
 
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = Result<Sent, Error>> + Send> {
+        let (method, uri) = (request.method().clone(), request.uri().clone());
+        let span = telemetry::client_span(&self.trace, &method, &uri, request.headers_mut());
         let call = Call {
+            span,
             outbound: self.outbound.clone(),
             id: self.request.load(Ordering::Relaxed),
             method: request.method().clone(),
@@ -202,8 +217,10 @@ impl WasiHttpHooks for Hooks {
     }
 }
 
-/// One outgoing request, for its log line and its count.
+/// One outgoing request, for its log line, its count and its span.
 struct Call {
+    /// Its CLIENT span, ended with the call.
+    span: Span,
     outbound: Arc<Outbound>,
     id: u64,
     method: http::Method,
@@ -228,6 +245,7 @@ impl Drop for Call {
             ms = self.started.elapsed().as_secs_f64() * 1e3,
             "outgoing request abandoned by its guest"
         );
+        telemetry::client_failed(&self.span, "abandoned", &"abandoned by its guest");
         self.outbound
             .metrics
             .outgoing(Outgoing::Failed, self.started.elapsed());
@@ -257,6 +275,7 @@ impl Call {
         match self.connect(request, &timeouts).await {
             Ok((response, io, rule)) => {
                 let status = response.status();
+                telemetry::client_status(&self.span, status.as_u16());
                 let body = response.map(|incoming| {
                     ResponseBody {
                         incoming,
@@ -408,6 +427,7 @@ impl Call {
             denied = reason,
             "outgoing request denied"
         );
+        telemetry::client_failed(&self.span, "denied", &reason);
         self.outbound
             .metrics
             .outgoing(Outgoing::Denied, self.started.elapsed());
@@ -428,6 +448,9 @@ impl Call {
             error = %err,
             "outgoing request failed"
         );
+        let kind = format!("{err:?}");
+        let kind = kind.split(['(', ' ', '{']).next().unwrap_or_default();
+        telemetry::client_failed(&self.span, kind, err);
         self.outbound
             .metrics
             .outgoing(Outgoing::Failed, self.started.elapsed());

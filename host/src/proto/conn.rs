@@ -162,7 +162,13 @@ impl<S: Transport> Conn<S> {
                 Err(err) => return Box::pin(self.refuse(err)).await,
             };
             let dispatch = self.dispatch.clone();
-            let exchange = dispatch.begin(&head.method, &head.uri, head.version, self.conn);
+            let exchange = dispatch.begin(
+                &head.method,
+                &head.uri,
+                head.version,
+                &head.headers,
+                self.conn,
+            );
             if websocket::wants_upgrade(&head) && dispatch.websocket_guest(&exchange).is_some() {
                 return Box::pin(self.websocket(head, exchange)).await;
             }

@@ -159,7 +159,13 @@ async fn stream(
     request: http::Request<Incoming>,
     open: Arc<AtomicUsize>,
 ) -> http::Response<Logged> {
-    let exchange = dispatch.begin(request.method(), request.uri(), Version::HTTP_2, conn);
+    let exchange = dispatch.begin(
+        request.method(),
+        request.uri(),
+        Version::HTTP_2,
+        request.headers(),
+        conn,
+    );
     let is_websocket = request.method() == Method::CONNECT
         && request
             .extensions()

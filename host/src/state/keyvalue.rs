@@ -17,6 +17,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use opentelemetry::Context;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use super::backend::{KvError, KvResult};
@@ -65,13 +66,25 @@ pub struct Cas {
 pub struct KvCtx {
     granted: Arc<Granted>,
     request: Arc<AtomicU64>,
+    /// The trace context of the guest's run for that request: each
+    /// operation's span goes under it.
+    trace: Context,
 }
 
 impl KvCtx {
     /// The context of an instance of a route granted `granted`, serving
     /// the request whose id `request` holds.
     pub fn new(granted: Arc<Granted>, request: Arc<AtomicU64>) -> KvCtx {
-        KvCtx { granted, request }
+        KvCtx {
+            granted,
+            request,
+            trace: Context::new(),
+        }
+    }
+
+    /// Opens the spans of operations under `cx` from now on.
+    pub fn trace(&mut self, cx: &Context) {
+        self.trace = cx.clone();
     }
 }
 
@@ -101,20 +114,31 @@ impl<'a> KvView<'a> {
 /// The operations both versions share: each checked against the limits,
 /// within the timeout, counted and, when it fails, logged.
 impl Granted {
-    pub(super) async fn get(&self, store: &Store, key: String) -> KvResult<Option<Vec<u8>>> {
+    pub(super) async fn get(
+        &self,
+        store: &Store,
+        trace: &Context,
+        key: String,
+    ) -> KvResult<Option<Vec<u8>>> {
         let granted = self;
         granted
-            .call(store, Op::Get, async {
+            .call(store, trace, Op::Get, async {
                 granted.check_key(&key)?;
                 store.backend().get(&key).await
             })
             .await
     }
 
-    pub(super) async fn set(&self, store: &Store, key: String, value: Vec<u8>) -> KvResult<()> {
+    pub(super) async fn set(
+        &self,
+        store: &Store,
+        trace: &Context,
+        key: String,
+        value: Vec<u8>,
+    ) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, Op::Set, async {
+            .call(store, trace, Op::Set, async {
                 granted.check_key(&key)?;
                 granted.check_value(&value)?;
                 store.backend().set(&key, &value).await
@@ -122,30 +146,40 @@ impl Granted {
             .await
     }
 
-    pub(super) async fn delete(&self, store: &Store, key: String) -> KvResult<()> {
+    pub(super) async fn delete(&self, store: &Store, trace: &Context, key: String) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, Op::Delete, async {
+            .call(store, trace, Op::Delete, async {
                 granted.check_key(&key)?;
                 store.backend().delete(&key).await
             })
             .await
     }
 
-    pub(super) async fn exists(&self, store: &Store, key: String) -> KvResult<bool> {
+    pub(super) async fn exists(
+        &self,
+        store: &Store,
+        trace: &Context,
+        key: String,
+    ) -> KvResult<bool> {
         let granted = self;
         granted
-            .call(store, Op::Exists, async {
+            .call(store, trace, Op::Exists, async {
                 granted.check_key(&key)?;
                 store.backend().exists(&key).await
             })
             .await
     }
 
-    pub(super) async fn list(&self, store: &Store, cursor: u64) -> KvResult<super::backend::Page> {
+    pub(super) async fn list(
+        &self,
+        store: &Store,
+        trace: &Context,
+        cursor: u64,
+    ) -> KvResult<super::backend::Page> {
         let granted = self;
         granted
-            .call(store, Op::ListKeys, async {
+            .call(store, trace, Op::ListKeys, async {
                 store.backend().list(cursor, granted.limits().page).await
             })
             .await
@@ -154,13 +188,14 @@ impl Granted {
     pub(super) async fn increment(
         &self,
         store: &Store,
+        trace: &Context,
         key: String,
         delta: i64,
         unsigned: bool,
     ) -> KvResult<i64> {
         let granted = self;
         granted
-            .call(store, Op::Increment, async {
+            .call(store, trace, Op::Increment, async {
                 granted.check_key(&key)?;
                 store.backend().increment(&key, delta, unsigned).await
             })
@@ -170,13 +205,14 @@ impl Granted {
     pub(super) async fn swap(
         &self,
         store: &Store,
+        trace: &Context,
         key: &str,
         expected: Option<&[u8]>,
         value: Vec<u8>,
     ) -> KvResult<bool> {
         let granted = self;
         granted
-            .call(store, Op::Swap, async {
+            .call(store, trace, Op::Swap, async {
                 granted.check_value(&value)?;
                 store.backend().swap(key, expected, &value).await
             })
@@ -202,11 +238,12 @@ impl Granted {
     pub(super) async fn get_many(
         &self,
         store: &Store,
+        trace: &Context,
         keys: &[String],
     ) -> KvResult<Vec<Option<Vec<u8>>>> {
         let granted = self;
         granted
-            .call(store, Op::GetMany, async {
+            .call(store, trace, Op::GetMany, async {
                 granted.check_batch(keys.iter())?;
                 store.backend().get_many(keys).await
             })
@@ -216,11 +253,12 @@ impl Granted {
     pub(super) async fn set_many(
         &self,
         store: &Store,
+        trace: &Context,
         pairs: Vec<(String, Vec<u8>)>,
     ) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, Op::SetMany, async {
+            .call(store, trace, Op::SetMany, async {
                 granted.check_batch(pairs.iter().map(|(key, _)| key))?;
                 pairs
                     .iter()
@@ -230,10 +268,15 @@ impl Granted {
             .await
     }
 
-    pub(super) async fn delete_many(&self, store: &Store, keys: Vec<String>) -> KvResult<()> {
+    pub(super) async fn delete_many(
+        &self,
+        store: &Store,
+        trace: &Context,
+        keys: Vec<String>,
+    ) -> KvResult<()> {
         let granted = self;
         granted
-            .call(store, Op::DeleteMany, async {
+            .call(store, trace, Op::DeleteMany, async {
                 granted.check_batch(keys.iter())?;
                 store.backend().delete_many(&keys).await
             })
@@ -300,7 +343,12 @@ macro_rules! bucket_methods {
             key: String,
         ) -> wasmtime::Result<Result<Option<Vec<u8>>, $kv::store::Error>> {
             let store = self.bucket_store(&bucket)?;
-            Ok(self.ctx.granted.get(&store, key).await.map_err(Into::into))
+            Ok(self
+                .ctx
+                .granted
+                .get(&store, &self.ctx.trace, key)
+                .await
+                .map_err(Into::into))
         }
 
         async fn set(
@@ -313,7 +361,7 @@ macro_rules! bucket_methods {
             Ok(self
                 .ctx
                 .granted
-                .set(&store, key, value)
+                .set(&store, &self.ctx.trace, key, value)
                 .await
                 .map_err(Into::into))
         }
@@ -327,7 +375,7 @@ macro_rules! bucket_methods {
             Ok(self
                 .ctx
                 .granted
-                .delete(&store, key)
+                .delete(&store, &self.ctx.trace, key)
                 .await
                 .map_err(Into::into))
         }
@@ -341,7 +389,7 @@ macro_rules! bucket_methods {
             Ok(self
                 .ctx
                 .granted
-                .exists(&store, key)
+                .exists(&store, &self.ctx.trace, key)
                 .await
                 .map_err(Into::into))
         }
@@ -365,7 +413,7 @@ macro_rules! batch_writes {
             Ok(self
                 .ctx
                 .granted
-                .set_many(&store, pairs)
+                .set_many(&store, &self.ctx.trace, pairs)
                 .await
                 .map_err(Into::into))
         }
@@ -379,7 +427,7 @@ macro_rules! batch_writes {
             Ok(self
                 .ctx
                 .granted
-                .delete_many(&store, keys)
+                .delete_many(&store, &self.ctx.trace, keys)
                 .await
                 .map_err(Into::into))
         }
@@ -401,7 +449,7 @@ impl v1::store::HostBucket for KvView<'_> {
         Ok(self
             .ctx
             .granted
-            .list(&store, cursor.unwrap_or(0))
+            .list(&store, &self.ctx.trace, cursor.unwrap_or(0))
             .await
             .map(|page| v1::store::KeyResponse {
                 keys: page.keys,
@@ -420,7 +468,12 @@ impl v1::atomics::Host for KvView<'_> {
     ) -> wasmtime::Result<Result<u64, v1::store::Error>> {
         let store = self.bucket_store(&bucket)?;
         let done = match i64::try_from(delta) {
-            Ok(delta) => self.ctx.granted.increment(&store, key, delta, true).await,
+            Ok(delta) => {
+                self.ctx
+                    .granted
+                    .increment(&store, &self.ctx.trace, key, delta, true)
+                    .await
+            }
             Err(_) => Err(KvError::Invalid(format!(
                 "an increment of {delta} is past a 64-bit signed counter"
             ))),
@@ -440,7 +493,7 @@ impl v1::batch::Host for KvView<'_> {
         Ok(self
             .ctx
             .granted
-            .get_many(&store, &keys)
+            .get_many(&store, &self.ctx.trace, &keys)
             .await
             .map(|values| {
                 keys.into_iter()
@@ -476,7 +529,7 @@ impl v2::store::HostBucket for KvView<'_> {
         Ok(self
             .ctx
             .granted
-            .list(&store, cursor)
+            .list(&store, &self.ctx.trace, cursor)
             .await
             .map(|page| v2::store::KeyResponse {
                 keys: page.keys,
@@ -497,7 +550,7 @@ impl v2::atomics::Host for KvView<'_> {
         Ok(self
             .ctx
             .granted
-            .increment(&store, key, delta, false)
+            .increment(&store, &self.ctx.trace, key, delta, false)
             .await
             .map_err(Into::into))
     }
@@ -511,13 +564,24 @@ impl v2::atomics::Host for KvView<'_> {
         let swapped = self
             .ctx
             .granted
-            .swap(&cas.store, &cas.key, cas.current.as_deref(), value)
+            .swap(
+                &cas.store,
+                &self.ctx.trace,
+                &cas.key,
+                cas.current.as_deref(),
+                value,
+            )
             .await;
         match swapped {
             Ok(true) => Ok(Ok(())),
             Ok(false) => {
                 // Another write came first: a new cas with the value now.
-                let current = match self.ctx.granted.get(&cas.store, cas.key.clone()).await {
+                let current = match self
+                    .ctx
+                    .granted
+                    .get(&cas.store, &self.ctx.trace, cas.key.clone())
+                    .await
+                {
                     Ok(current) => current,
                     Err(err) => return Ok(Err(v2::atomics::CasError::StoreError(err.into()))),
                 };
@@ -540,7 +604,12 @@ impl v2::atomics::HostCas for KvView<'_> {
         key: String,
     ) -> wasmtime::Result<Result<Resource<Cas>, v2::store::Error>> {
         let store = self.bucket_store(&bucket)?;
-        let current = match self.ctx.granted.get(&store, key.clone()).await {
+        let current = match self
+            .ctx
+            .granted
+            .get(&store, &self.ctx.trace, key.clone())
+            .await
+        {
             Ok(current) => current,
             Err(err) => return Ok(Err(err.into())),
         };
@@ -574,7 +643,7 @@ impl v2::batch::Host for KvView<'_> {
         Ok(self
             .ctx
             .granted
-            .get_many(&store, &keys)
+            .get_many(&store, &self.ctx.trace, &keys)
             .await
             .map(|values| keys.into_iter().zip(values).collect())
             .map_err(Into::into))

@@ -23,11 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tracing::info;
+use tracing::{Instrument, info};
 
 use crate::config::file::ConfigFile;
 use crate::config::setting::{Unit, list_arg, strings};
 use crate::metrics::{KvCounted, Metrics};
+use crate::telemetry;
 use futures_util::FutureExt;
 
 pub mod backend;
@@ -407,6 +408,8 @@ fn result<T>(done: &KvResult<T>) -> usize {
 pub struct Store {
     /// Its name, for logs and metrics.
     pub name: String,
+    /// Its backend's kind, for traces: `sqlite`, `memory`, `redis`.
+    system: &'static str,
     backend: Box<dyn Backend>,
     /// Whether its last operation found the backend unavailable: an
     /// outage is logged when it begins and when it ends, not at every
@@ -521,6 +524,11 @@ impl Stores {
                 spec.name.clone(),
                 Arc::new(Store {
                     name: spec.name.clone(),
+                    system: match spec.backend {
+                        BackendSpec::Sqlite(_) => "sqlite",
+                        BackendSpec::Memory => "memory",
+                        BackendSpec::Redis(_) => "redis",
+                    },
                     backend,
                     down: AtomicBool::new(false),
                     counted: metrics.kv_counted(&spec.name, Op::ALL.map(Op::name), RESULTS),
@@ -648,15 +656,18 @@ impl Granted {
     }
 
     /// Runs `op` (named `name` in the metrics) on `store` within the
-    /// timeout, counting it by its result.
+    /// timeout, counting it by its result, in a span under `trace`.
     pub async fn call<T>(
         &self,
         store: &Store,
+        trace: &opentelemetry::Context,
         op: Op,
         work: impl Future<Output = KvResult<T>>,
     ) -> KvResult<T> {
         let started = Instant::now();
         let name = op.name();
+        let span = telemetry::kv_span(trace, &store.name, store.system, name);
+        let work = work.instrument(span.clone());
         // An operation done at once (a read answered on this thread) needs
         // no timer.
         let mut work = std::pin::pin!(work);
@@ -670,9 +681,12 @@ impl Granted {
                 ))),
             },
         };
-        store
-            .counted
-            .count(op as usize, result(&done), started.elapsed());
+        let outcome = result(&done);
+        store.counted.count(op as usize, outcome, started.elapsed());
+        match &done {
+            Ok(_) => telemetry::kv_result(&span, RESULTS[outcome], None),
+            Err(err) => telemetry::kv_result(&span, RESULTS[outcome], Some(err)),
+        }
         match &done {
             Err(err @ KvError::Unavailable(_)) => {
                 if !store.down.swap(true, Ordering::Relaxed) {

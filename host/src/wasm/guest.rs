@@ -39,14 +39,15 @@ use super::cpu::{CpuTime, Meter, metered};
 use super::inspect::{self, NotComponent, Wasi};
 use super::instance::{
     CpuSpent, FaultOnce, GuestContext, GuestError, GuestState, Metering, RequestBody, classify,
-    within,
+    outcome, within,
 };
 use super::p3;
 use super::reuse::Pool;
 use super::websocket::{self, WebsocketHandlerPre};
 use crate::config::GuestSource;
 use crate::metrics::RouteCounters;
-use tracing::warn;
+use crate::telemetry;
+use tracing::{Span, warn};
 
 /// A guest could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -245,14 +246,19 @@ impl Guest {
     ///
     /// Returns once the guest has set its response head; the body streams
     /// from the guest as the caller polls it.
+    ///
+    /// The run shows as a span under the request's span `trace`, with the
+    /// `route` the request took; a wait for an instance as one beside it.
     pub async fn handle(
         &self,
         request: http::Request<RequestBody>,
         id: u64,
         cpu: &Arc<CpuTime>,
+        trace: &Span,
+        route: &str,
     ) -> Result<GuestResponse, GuestError> {
         let fault = FaultOnce::new(&self.ctx.metrics);
-        let result = self.dispatch(request, id, cpu, &fault).await;
+        let result = self.dispatch(request, id, cpu, &fault, trace, route).await;
         if let Err(err) = &result {
             fault.report(err);
         }
@@ -296,12 +302,17 @@ impl Guest {
         id: u64,
         cpu: &Arc<CpuTime>,
         fault: &FaultOnce,
+        trace: &Span,
+        route: &str,
     ) -> Result<GuestResponse, GuestError> {
         let stall = Stall::new(self.ctx.timeout, fault);
         let (pre, pool) = match &self.serve {
             Serve::P2 { pre, pool } => (pre, pool),
             Serve::P3(handler) => {
-                let answered = handler.handle(request, id).await?;
+                let span = telemetry::guest_span(trace, route, &self.digest, Wasi::P3.as_str());
+                let answered = handler.handle(request, id, trace, &span).await;
+                ended(&span, answered.as_ref().err());
+                let answered = answered?;
                 return Ok(answered.response.map(|body| GuestBody {
                     body,
                     run: None,
@@ -312,15 +323,20 @@ impl Guest {
                 }));
             }
         };
-        let permit = self.ctx.admit().await?;
+        let permit = self.ctx.admit(trace).await?;
         let deadline = Instant::now() + self.ctx.timeout;
+        let span = telemetry::guest_span(trace, route, &self.digest, Wasi::P2.as_str());
         // The one deadline of a response head, fresh instance or reused.
         let meter = Meter::new(cpu.clone(), &self.counters);
-        let (response, run) = within(
+        let started = within(
             deadline,
-            self.start(pre, pool, request, id, meter, fault, deadline, permit),
+            self.start(
+                pre, pool, request, id, meter, fault, deadline, permit, &span,
+            ),
         )
-        .await?;
+        .await;
+        ended(&span, started.as_ref().err());
+        let (response, run) = started?;
         Ok(response.map(|body| GuestBody {
             body,
             run,
@@ -346,6 +362,7 @@ impl Guest {
         fault: &FaultOnce,
         deadline: Instant,
         permit: OwnedSemaphorePermit,
+        span: &Span,
     ) -> Result<(http::Response<HyperOutgoingBody>, Option<RunningGuest>), GuestError> {
         let answered = Arc::new(AtomicBool::new(false));
         let (mut store, proxy, served) = match pool.as_ref().and_then(|pool| pool.take()) {
@@ -374,6 +391,8 @@ impl Guest {
                 (store, None, 0)
             }
         };
+        telemetry::guest_instance(span, served > 0);
+        store.data_mut().trace(&telemetry::context(span));
 
         let (sender, mut receiver) = oneshot::channel();
         let scheme = match request.uri().scheme() {
@@ -392,6 +411,8 @@ impl Guest {
         let counters = self.counters.clone();
         let pooled = pool.is_some();
         let head_sent = answered.clone();
+        // The run's span lasts as long as the run.
+        let span = span.clone();
         // The instance runs inside the connection's task, polled with the
         // response's body: no task of its own, and no wake-up across
         // threads for each piece of the body.
@@ -420,6 +441,9 @@ impl Guest {
                 Err(err) => {
                     let err = store.data().explain(err);
                     fault.report_trap(&err);
+                    if head_sent.load(Ordering::Relaxed) {
+                        telemetry::end_guest_span(&span, outcome(&err), Some(&err));
+                    }
                     // Its request's client sees a body cut short.
                     if head_sent.load(Ordering::Relaxed)
                         && let Some(CpuSpent(budget)) = err.downcast_ref::<CpuSpent>()
@@ -492,6 +516,14 @@ impl Guest {
             );
         }
         err
+    }
+}
+
+/// Records in a run's span whether it answered, or why not.
+fn ended(span: &Span, failed: Option<&GuestError>) {
+    match failed {
+        None => telemetry::end_guest_span(span, "answered", None),
+        Some(err) => telemetry::end_guest_span(span, err.outcome(), Some(err)),
     }
 }
 

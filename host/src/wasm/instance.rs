@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 use wasmtime::component::ResourceTable;
 use wasmtime::{
     CallHook, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
@@ -32,6 +33,7 @@ use crate::metrics::{Fault, Metrics, Open};
 use crate::outbound::{Hooks, Outbound};
 use crate::state::keyvalue::{KvCtx, KvView};
 use crate::state::{ConfigValues, Granted, Stores};
+use crate::telemetry;
 use prometheus_client::metrics::counter::Counter;
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 
@@ -73,6 +75,21 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// How a guest's run ended, in a word or two, for its trace span.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            GuestError::Trap(err) if err.is::<OutOfMemory>() => "out of memory",
+            GuestError::Trap(_) => "trapped",
+            GuestError::Timeout => "timed out",
+            GuestError::CpuTime(_) => "cpu budget spent",
+            GuestError::NoResponse => "no response",
+            GuestError::ErrorCode(_) => "error code",
+            GuestError::Lost => "instance lost",
+            GuestError::Setup(_) => "setup failed",
+            GuestError::Busy => "busy",
+        }
+    }
+
     /// The guest's own fault in this error, if it was one.
     pub fn fault(&self) -> Option<Fault> {
         match self {
@@ -217,13 +234,10 @@ impl GuestContext {
     }
 
     /// Waits, up to the queue timeout, for one of the instances this
-    /// context may run at once: the one admission of every request.
-    pub(super) async fn admit(&self) -> Result<OwnedSemaphorePermit, GuestError> {
-        let queued = Instant::now() + self.queue_timeout;
-        tokio::time::timeout_at(queued, self.instances.clone().acquire_owned())
-            .await
-            .map_err(|_| GuestError::Busy)?
-            .map_err(|_| GuestError::Busy)
+    /// context may run at once: the one admission of every request. A
+    /// wait shows as a span under `trace`.
+    pub(super) async fn admit(&self, trace: &Span) -> Result<OwnedSemaphorePermit, GuestError> {
+        admit(&self.instances, self.queue_timeout, trace).await
     }
 
     /// One of the WebSocket sessions this context may hold open, at once
@@ -253,6 +267,28 @@ impl GuestContext {
     pub fn websocket_sessions(&self) -> usize {
         self.max_websockets - self.websocket_slots.available_permits()
     }
+}
+
+/// One of `permits`, at once or within `queue_timeout`; a wait for it
+/// shows as a span under `trace`.
+pub(super) async fn admit(
+    permits: &Arc<Semaphore>,
+    queue_timeout: Duration,
+    trace: &Span,
+) -> Result<OwnedSemaphorePermit, GuestError> {
+    if let Ok(permit) = permits.clone().try_acquire_owned() {
+        return Ok(permit);
+    }
+    let queued = Instant::now() + queue_timeout;
+    let wait = tokio::time::timeout_at(queued, permits.clone().acquire_owned());
+    let waited = if trace.is_disabled() {
+        wait.await
+    } else {
+        wait.instrument(telemetry::wait_span(trace)).await
+    };
+    waited
+        .map_err(|_| GuestError::Busy)?
+        .map_err(|_| GuestError::Busy)
 }
 
 /// How a store's CPU time is read (see `cpu`).
@@ -322,6 +358,12 @@ impl GuestContext {
     }
 }
 
+/// A trap that followed a refused `memory.grow`: the guest ran out of
+/// memory; says what to raise.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct OutOfMemory(String);
+
 /// The epoch callback stopped the guest at its CPU budget.
 #[derive(Debug, thiserror::Error)]
 #[error("the guest used its CPU time budget of {} ms", .0.as_millis())]
@@ -337,6 +379,20 @@ pub(crate) fn classify(err: wasmtime::Error) -> GuestError {
         GuestError::Timeout
     } else {
         GuestError::Trap(err)
+    }
+}
+
+/// How a guest's run that ended in `err` (as [`GuestState::explain`]
+/// gives it) ended, as [`GuestError::outcome`] says it.
+pub(crate) fn outcome(err: &wasmtime::Error) -> &'static str {
+    if err.is::<CpuSpent>() {
+        "cpu budget spent"
+    } else if is_interrupt(err) {
+        "timed out"
+    } else if err.is::<OutOfMemory>() {
+        "out of memory"
+    } else {
+        "trapped"
     }
 }
 
@@ -568,6 +624,13 @@ impl GuestState {
         self.cpu_spent = None;
     }
 
+    /// Opens the spans of the guest's outgoing requests and key-value
+    /// calls under `cx`: its run for the request it serves now.
+    pub(crate) fn trace(&mut self, cx: &opentelemetry::Context) {
+        self.hooks.trace(cx);
+        self.kv.trace(cx);
+    }
+
     /// Begins a WebSocket call: the CPU budget counts from here, so each
     /// message is held to it as a request is.
     pub(super) fn begin_call(&mut self) {
@@ -587,12 +650,12 @@ impl GuestState {
             return err.context(CpuSpent(budget));
         }
         match self.limits.refused {
-            Some(desired) => err.context(format!(
+            Some(desired) => err.context(OutOfMemory(format!(
                 "the guest ran out of memory: it asked for {} MiB of linear memory, past \
                  --guest-memory {} MiB; raise --guest-memory (or its route's guest-memory)",
                 inspect::mib_to_hold(desired as u64),
                 self.limits.cap >> 20
-            )),
+            ))),
             None => err,
         }
     }

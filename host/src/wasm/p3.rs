@@ -62,11 +62,12 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use super::cpu::{CpuTime, Meter};
 use super::instance::{
-    GuestContext, GuestError, GuestState, Metering, RequestBody, classify, within,
+    GuestContext, GuestError, GuestState, Metering, RequestBody, admit, classify, within,
 };
 use super::reuse::IDLE_INSTANCE;
 use crate::metrics::{Fault, Metrics, RouteCounters};
-use tracing::warn;
+use crate::telemetry;
+use tracing::{Span, warn};
 
 /// An event loop's handler of one guest version: the version's
 /// [`Handler::id`], whether the version is still alive, and the handler.
@@ -151,13 +152,11 @@ impl Handler {
         &self,
         request: http::Request<RequestBody>,
         id: u64,
+        trace: &Span,
+        span: &Span,
     ) -> Result<Answered, GuestError> {
         let ctx = &self.instances.ctx;
-        let queued = Instant::now() + ctx.queue_timeout;
-        let slot = tokio::time::timeout_at(queued, self.requests.clone().acquire_owned())
-            .await
-            .map_err(|_| GuestError::Busy)?
-            .map_err(|_| GuestError::Busy)?;
+        let slot = admit(&self.requests, ctx.queue_timeout, trace).await?;
         let (body_sender, body) = oneshot::channel();
         // The instance gives up on the request no sooner than this, so a
         // request it drops with its instance at the deadline reads as the
@@ -166,6 +165,7 @@ impl Handler {
         let cpu_spent = Arc::new(AtomicBool::new(false));
         let taken = Request {
             id,
+            trace: telemetry::context(span),
             body_sender,
             cpu_spent: cpu_spent.clone(),
         };
@@ -219,6 +219,9 @@ fn explain(err: wasmtime::Error) -> GuestError {
 struct Request {
     /// The request's id, which the instance's output is logged with.
     id: u64,
+    /// The trace context of its run: the instance's outgoing requests
+    /// and store calls go under the run of the request it took last.
+    trace: opentelemetry::Context,
     /// Where the instance sends its count of open bodies.
     body_sender: oneshot::Sender<OpenBody>,
     /// Set when its instance is dropped at the CPU budget.
@@ -241,7 +244,10 @@ impl HandlerState for Instances {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<GuestState, Expiry, Worker>> {
         let ctx = &self.ctx;
-        let instance = ctx.admit().await.map_err(wasmtime::Error::new)?;
+        let instance = ctx
+            .admit(&Span::none())
+            .await
+            .map_err(wasmtime::Error::new)?;
         let deadline = Instant::now() + ctx.timeout;
         // The epoch callback only yields: a request's deadline is kept by
         // the worker, and an instance past it is dropped whole.
@@ -338,6 +344,7 @@ impl WorkerState for Worker {
             .data_mut()
             .request
             .store(request.id, Ordering::Relaxed);
+        store.data_mut().trace(&request.trace);
         // A request that has gone already closes its body at once.
         let _ = request.body_sender.send(OpenBody::new(&self.bodies));
         if let Some(budget) = &self.budget {
