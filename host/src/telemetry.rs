@@ -528,7 +528,7 @@ pub fn server_span(
         otel.status_code = Empty,
         http.request.method = %method,
         url.path = uri.path(),
-        url.query = uri.query(),
+        url.query = uri.query().map(|query| tracing::field::display(Query(query))),
         url.scheme = if tls { "https" } else { "http" },
         http.route = route,
         network.protocol.name = "http",
@@ -590,7 +590,29 @@ pub fn trace_id(span: &Span) -> Option<String> {
 
 /// The span of a request's wait for an instance, under `parent`.
 pub fn wait_span(parent: &Span) -> Span {
+    if !sampled(parent) {
+        return Span::none();
+    }
     tracing::info_span!(target: SPANS, parent: parent, "wait for an instance")
+}
+
+/// Whether spans under `span` are kept: it is traced, and its trace
+/// sampled. A request the sampler drops has no spans under its own:
+/// they would be made only to be dropped.
+fn sampled(span: &Span) -> bool {
+    !span.is_disabled() && span.context().span().span_context().is_sampled()
+}
+
+/// The trace context a guest's run for a request passes on to its
+/// outgoing requests and store calls: its own span's (`guest`), or the
+/// request's when the run has none (a trace the sampler dropped, whose
+/// decision upstreams still hear of).
+pub fn run_context(guest: &Span, request: &Span) -> Context {
+    if !guest.is_disabled() {
+        guest.context()
+    } else {
+        context(request)
+    }
 }
 
 /// The span of a guest's run for a request, under the request's span
@@ -598,6 +620,9 @@ pub fn wait_span(parent: &Span) -> Span {
 /// or reused, and its WASI; how it ended is recorded by
 /// [`end_guest_span`].
 pub fn guest_span(parent: &Span, route: &str, digest: &dyn std::fmt::Display, wasi: &str) -> Span {
+    if !sampled(parent) {
+        return Span::none();
+    }
     tracing::info_span!(
         target: SPANS,
         parent: parent,
@@ -655,6 +680,13 @@ fn child_of(span: Span, parent: &Context) -> Span {
 /// (`parent`); `traceparent` and `tracestate` for it go into `headers`,
 /// so that the upstream joins the trace.
 pub fn client_span(parent: &Context, method: &Method, uri: &Uri, headers: &mut HeaderMap) -> Span {
+    if !parent.span().span_context().is_sampled() {
+        // Upstreams hear of the decision, and drop their part too.
+        if parent.span().span_context().is_valid() {
+            PROPAGATOR.inject_context(parent, &mut HeaderInjector(headers));
+        }
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SPANS,
         parent: None,
@@ -692,7 +724,36 @@ impl std::fmt::Display for Redacted<'_> {
         if let Some(port) = uri.port_u16() {
             write!(f, ":{port}")?;
         }
-        f.write_str(uri.path_and_query().map_or("/", |path| path.as_str()))
+        f.write_str(uri.path())?;
+        match uri.query() {
+            Some(query) => write!(f, "?{}", Query(query)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A query string as spans record it: the values of the parameters that
+/// carry credentials in a URL (signed URLs' signatures and keys, as
+/// OpenTelemetry's conventions list them) written `REDACTED`.
+struct Query<'a>(&'a str);
+
+/// The parameters whose values a span never holds.
+const SECRET_PARAMETERS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+impl std::fmt::Display for Query<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (at, pair) in self.0.split('&').enumerate() {
+            if at > 0 {
+                f.write_str("&")?;
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if SECRET_PARAMETERS.contains(&name) => {
+                    write!(f, "{name}=REDACTED")?
+                }
+                _ => f.write_str(pair)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -715,6 +776,9 @@ pub fn client_failed(span: &Span, kind: &str, why: &dyn std::fmt::Display) {
 /// The span of one key-value operation on `store` (a backend `system`:
 /// `sqlite`, `redis`, `memory`), under the guest's run (`parent`).
 pub fn kv_span(parent: &Context, store: &str, system: &str, operation: &'static str) -> Span {
+    if !parent.span().span_context().is_sampled() {
+        return Span::none();
+    }
     let span = tracing::info_span!(
         target: SPANS,
         parent: None,

@@ -256,7 +256,11 @@ fn a_request_yields_a_server_span_and_its_guests_run() {
         &[("OTEL_SERVICE_NAME", "web-a")],
         &["--route", &format!("/trap={}", fault_guest().display())],
     );
-    let response = get(&server, "/index.html?x=1", "User-Agent: probe/1\r\n");
+    let response = get(
+        &server,
+        "/index.html?x=1&sig=secret",
+        "User-Agent: probe/1\r\n",
+    );
     assert_eq!(response.status, 200);
 
     let request = receiver.span("the request's span", |span| {
@@ -274,7 +278,8 @@ fn a_request_yields_a_server_span_and_its_guests_run() {
     );
     for (key, value) in [
         ("http.request.method", "GET"),
-        ("url.query", "x=1"),
+        // A signed URL's signature is not kept.
+        ("url.query", "x=1&sig=REDACTED"),
         ("url.scheme", "http"),
         ("http.route", "/"),
         ("http.response.status_code", "200"),
@@ -456,6 +461,39 @@ fn a_guests_outgoing_request_carries_the_trace_to_its_upstream() {
     });
     assert!(denied.error);
     assert_eq!(denied.attribute("error.type"), "denied");
+
+    // A caller's trace it chose not to sample: no spans here, and the
+    // upstream hears the decision in the same trace.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let response = get(
+        &server,
+        &format!("/fetch?url={url}"),
+        &format!("traceparent: 00-{unsampled}-b7ad6b7169203331-00\r\n"),
+    );
+    assert_eq!(response.status, 200);
+    let heads = upstream.heads();
+    let traceparent = heads
+        .last()
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("traceparent: "))
+        .unwrap_or_else(|| panic!("no traceparent: {heads:?}"));
+    assert!(
+        traceparent.starts_with(&format!("00-{unsampled}-")) && traceparent.ends_with("-00"),
+        "{traceparent}"
+    );
+    // What was queued is sent before the server exits.
+    let mut server = server;
+    server.signal("TERM");
+    assert!(server.child.wait().unwrap().success());
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|span| span.trace_id != unsampled),
+        "{:?}",
+        receiver.spans()
+    );
 }
 
 #[test]

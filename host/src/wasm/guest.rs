@@ -310,7 +310,9 @@ impl Guest {
             Serve::P2 { pre, pool } => (pre, pool),
             Serve::P3(handler) => {
                 let span = telemetry::guest_span(trace, route, &self.digest, Wasi::P3.as_str());
-                let answered = handler.handle(request, id, trace, &span).await;
+                let answered = handler
+                    .handle(request, id, trace, &telemetry::run_context(&span, trace))
+                    .await;
                 ended(&span, answered.as_ref().err());
                 let answered = answered?;
                 return Ok(answered.response.map(|body| GuestBody {
@@ -331,7 +333,16 @@ impl Guest {
         let started = within(
             deadline,
             self.start(
-                pre, pool, request, id, meter, fault, deadline, permit, &span,
+                pre,
+                pool,
+                request,
+                id,
+                meter,
+                fault,
+                deadline,
+                permit,
+                &span,
+                &telemetry::run_context(&span, trace),
             ),
         )
         .await;
@@ -363,6 +374,7 @@ impl Guest {
         deadline: Instant,
         permit: OwnedSemaphorePermit,
         span: &Span,
+        trace: &opentelemetry::Context,
     ) -> Result<(http::Response<HyperOutgoingBody>, Option<RunningGuest>), GuestError> {
         let answered = Arc::new(AtomicBool::new(false));
         let (mut store, proxy, served) = match pool.as_ref().and_then(|pool| pool.take()) {
@@ -392,7 +404,7 @@ impl Guest {
             }
         };
         telemetry::guest_instance(span, served > 0);
-        store.data_mut().trace(&telemetry::context(span));
+        store.data_mut().trace(trace);
 
         let (sender, mut receiver) = oneshot::channel();
         let scheme = match request.uri().scheme() {

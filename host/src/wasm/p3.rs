@@ -66,7 +66,6 @@ use super::instance::{
 };
 use super::reuse::IDLE_INSTANCE;
 use crate::metrics::{Fault, Metrics, RouteCounters};
-use crate::telemetry;
 use tracing::{Span, warn};
 
 /// An event loop's handler of one guest version: the version's
@@ -147,13 +146,15 @@ impl Handler {
     }
 
     /// Runs `request` (id `id`) in one of this version's instances, until
-    /// its response head.
+    /// its response head; a wait for a slot shows as a span under the
+    /// request's span `trace`, and the instance's outgoing requests and
+    /// store calls go under `run`.
     pub(super) async fn handle(
         &self,
         request: http::Request<RequestBody>,
         id: u64,
         trace: &Span,
-        span: &Span,
+        run: &opentelemetry::Context,
     ) -> Result<Answered, GuestError> {
         let ctx = &self.instances.ctx;
         let slot = admit(&self.requests, ctx.queue_timeout, trace).await?;
@@ -165,7 +166,7 @@ impl Handler {
         let cpu_spent = Arc::new(AtomicBool::new(false));
         let taken = Request {
             id,
-            trace: telemetry::context(span),
+            trace: run.clone(),
             body_sender,
             cpu_spent: cpu_spent.clone(),
         };
