@@ -331,6 +331,57 @@ fn a_request_yields_a_server_span_and_its_guests_run() {
 }
 
 #[test]
+fn a_wait_for_an_instance_has_its_span() {
+    let receiver = Receiver::start();
+    let server = traced(
+        &receiver.endpoint(),
+        &[],
+        &[
+            "--guest",
+            fault_guest().to_str().unwrap(),
+            "--max-instances",
+            "1",
+        ],
+    );
+    // The one instance is busy writing a body while the next request
+    // comes.
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    first
+        .write_all(b"GET /stream?n=3&ms=200 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(first);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(get(&server, "/ok", "").status, 200);
+    let mut rest = Vec::new();
+    reader.read_to_end(&mut rest).unwrap();
+
+    let waited = receiver.span("the second request's span", |span| {
+        span.attributes
+            .get("url.path")
+            .is_some_and(|path| path == "/ok")
+    });
+    let wait = receiver.span("the wait's span", |span| {
+        span.name == "wait for an instance"
+    });
+    assert_eq!(wait.parent_id, waited.span_id);
+    assert_eq!(wait.trace_id, waited.trace_id);
+    // The first request waited for nothing, and has no such span.
+    let streamed = receiver.span("the first request's span", |span| {
+        span.attributes
+            .get("url.path")
+            .is_some_and(|path| path == "/stream")
+    });
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .all(|span| span.name != "wait for an instance" || span.parent_id != streamed.span_id)
+    );
+}
+
+#[test]
 fn a_request_over_http2_is_traced_alike() {
     let receiver = Receiver::start();
     let server = traced(&receiver.endpoint(), &[], &[]);
