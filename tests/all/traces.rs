@@ -382,6 +382,32 @@ fn a_wait_for_an_instance_has_its_span() {
 }
 
 #[test]
+fn a_wasip3_guests_run_is_traced() {
+    let receiver = Receiver::start();
+    let server = traced(
+        &receiver.endpoint(),
+        &[],
+        &["--guest", crate::support::p3_guest().to_str().unwrap()],
+    );
+    assert_eq!(get(&server, "/ok", "").status, 200);
+    assert_eq!(get(&server, "/trap", "").status, 500);
+    // A WASIp3 request's trap ends the instance it shared: the request
+    // hears of it as its instance lost (the trap is the instance's).
+    for (path, outcome) in [("/ok", "answered"), ("/trap", "instance lost")] {
+        let request = receiver.span("the request's span", |span| {
+            span.attributes.get("url.path").is_some_and(|p| p == path)
+        });
+        let guest = receiver.span("the guest's span", |span| span.parent_id == request.span_id);
+        assert_eq!(guest.attribute("wasmhttpd.guest.wasi"), "p3", "{path}");
+        assert_eq!(
+            guest.attribute("wasmhttpd.guest.outcome"),
+            outcome,
+            "{path}"
+        );
+    }
+}
+
+#[test]
 fn a_request_over_http2_is_traced_alike() {
     let receiver = Receiver::start();
     let server = traced(&receiver.endpoint(), &[], &[]);
