@@ -269,12 +269,11 @@ impl Tracing {
         let due = Instant::now() + FLUSH_AT_EXIT;
         // The end's mark follows the spans queued: the thread sends them,
         // then says it is done.
-        let mut end = None;
         loop {
-            match self.queue.try_send(end.take()) {
+            match self.queue.try_send(None) {
                 Ok(()) => break,
-                Err(TrySendError::Full(mark)) if Instant::now() < due => {
-                    end = mark;
+                // The thread is draining a full queue: a moment more.
+                Err(TrySendError::Full(_)) if Instant::now() < due => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Err(_) => return,
