@@ -19,9 +19,11 @@
 //! under `wasmhttpd.`.
 
 use std::net::SocketAddr;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::thread::Thread;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri, Version};
@@ -169,10 +171,25 @@ impl Settings {
 pub struct Tracing {
     provider: SdkTracerProvider,
     endpoint: String,
-    /// The queue, for the mark of its end.
-    queue: SyncSender<Option<SpanData>>,
+    /// What the event loops and the export thread share.
+    shared: Arc<Shared>,
+    /// The export thread, woken to send what is queued at the end.
+    worker: Thread,
     /// Tells when the export thread has sent what was queued.
     exported: Receiver<()>,
+}
+
+/// The queue's state, beside its spans: how many wait, and whether the
+/// server is ending.
+#[derive(Debug)]
+struct Shared {
+    /// Spans in the queue: the event loops wake the export thread when a
+    /// batch's worth wait.
+    queued: AtomicUsize,
+    /// Set at the server's end: the thread sends what is queued and stops.
+    ending: AtomicBool,
+    /// Spans in one export at most.
+    batch: usize,
 }
 
 impl Tracing {
@@ -199,6 +216,11 @@ impl Tracing {
             .map_err(|err| anyhow::anyhow!("cannot export traces over OTLP: {err}"))?;
         let (queue, spans) = std::sync::mpsc::sync_channel(settings.queue);
         let (done, exported) = std::sync::mpsc::sync_channel(1);
+        let shared = Arc::new(Shared {
+            queued: AtomicUsize::new(0),
+            ending: AtomicBool::new(false),
+            batch: settings.batch,
+        });
         let endpoint = settings.endpoint.clone();
         let mut resource = Resource::builder().build();
         let unnamed = resource
@@ -222,20 +244,26 @@ impl Tracing {
             .build();
         let mut exporter = exporter;
         exporter.set_resource(&resource);
-        std::thread::Builder::new()
+        let exporting = shared.clone();
+        let worker = std::thread::Builder::new()
             .name("otlp-export".to_owned())
-            .spawn(move || export(spans, exporter, settings, done))
-            .map_err(|err| anyhow::anyhow!("cannot start the trace export thread: {err}"))?;
+            .spawn(move || export(spans, &exporting, exporter, settings, done))
+            .map_err(|err| anyhow::anyhow!("cannot start the trace export thread: {err}"))?
+            .thread()
+            .clone();
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_span_processor(Queue {
-                queue: queue.clone(),
+                queue,
+                shared: shared.clone(),
+                worker: worker.clone(),
             })
             .build();
         Ok(Tracing {
             provider,
             endpoint,
-            queue,
+            shared,
+            worker,
             exported,
         })
     }
@@ -266,42 +294,39 @@ impl Tracing {
     /// Sends the spans still queued, waiting for them a few seconds at
     /// most: the server's last act.
     pub fn flush(self) {
-        let due = Instant::now() + FLUSH_AT_EXIT;
-        // The end's mark follows the spans queued: the thread sends them,
-        // then says it is done.
-        loop {
-            match self.queue.try_send(None) {
-                Ok(()) => break,
-                // The thread is draining a full queue: a moment more.
-                Err(TrySendError::Full(_)) if Instant::now() < due => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = self
-            .exported
-            .recv_timeout(due.saturating_duration_since(Instant::now()));
+        self.shared.ending.store(true, Ordering::Release);
+        self.worker.unpark();
+        let _ = self.exported.recv_timeout(FLUSH_AT_EXIT);
         drop(self.provider);
     }
 }
 
 /// The span processor: hands each finished span to the export thread,
-/// or counts it dropped when the thread is that far behind.
+/// or counts it dropped when the thread is that far behind. The thread
+/// is woken once a batch's worth waits, not for each span: a wake-up is a
+/// system call on the event loop's thread and a switch on the other core.
 #[derive(Debug)]
 struct Queue {
-    /// Spans, then `None` at the server's end.
-    queue: SyncSender<Option<SpanData>>,
+    queue: SyncSender<SpanData>,
+    shared: Arc<Shared>,
+    worker: Thread,
 }
 
 impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.queue.try_send(Some(span))
-        {
-            SPANS_DROPPED.inc();
+        // Counted before it is sent, so that the thread never takes away
+        // more than was counted.
+        let queued = self.shared.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        match self.queue.try_send(span) {
+            // Waking a thread that is not asleep costs one atomic swap.
+            Ok(()) if queued >= self.shared.batch => self.worker.unpark(),
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+                SPANS_DROPPED.inc();
+            }
         }
     }
 
@@ -314,14 +339,15 @@ impl SpanProcessor for Queue {
     }
 }
 
-/// The export thread: gathers the queue's spans into batches (up to
-/// `batch`, or what came within `delay` of a batch's first span) and
-/// sends each; a batch the collector does not take is dropped and
-/// counted. Says once when exports begin to fail and once when they
-/// succeed again; signals `done` when the queue has ended (`None`) and
-/// what was in it is sent.
+/// The export thread: wakes when a batch's worth of spans waits, or
+/// after `delay`, and sends what the queue holds in batches of up to
+/// `batch`; a batch the collector does not take is dropped and counted.
+/// Says once when exports begin to fail and once when they succeed
+/// again; signals `done` once the server is ending and what was queued
+/// is sent.
 fn export(
-    spans: Receiver<Option<SpanData>>,
+    spans: Receiver<SpanData>,
+    shared: &Shared,
     exporter: opentelemetry_otlp::SpanExporter,
     settings: Settings,
     done: SyncSender<()>,
@@ -337,45 +363,59 @@ fn export(
         }
     };
     let mut failing = false;
-    let mut open = true;
-    while open {
-        let Ok(Some(first)) = spans.recv() else { break };
-        let mut batch = Vec::with_capacity(settings.batch);
-        batch.push(first);
-        let due = Instant::now() + settings.delay;
-        while batch.len() < settings.batch {
-            match spans.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(Some(span)) => batch.push(span),
-                Err(RecvTimeoutError::Timeout) => break,
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
+    loop {
+        let ending = shared.ending.load(Ordering::Acquire);
+        let batch: Vec<SpanData> = spans.try_iter().take(settings.batch).collect();
+        // A full batch may have more behind it; a partial one emptied the
+        // queue.
+        let full = batch.len() == settings.batch;
+        if !batch.is_empty() {
+            shared.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+            failing = send(&runtime, &exporter, batch, &settings.endpoint, failing);
         }
-        let count = batch.len() as u64;
-        match runtime.block_on(exporter.export(batch)) {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!(endpoint = %settings.endpoint, "traces are exported again");
-            }
-            Ok(()) => {}
-            Err(err) => {
-                SPANS_DROPPED.inc_by(count);
-                if !failing {
-                    failing = true;
-                    tracing::warn!(
-                        endpoint = %settings.endpoint,
-                        cause = %err,
-                        "cannot export traces: spans are dropped, and counted in \
-                         wasmhttpd_trace_spans_dropped_total, until the collector takes them \
-                         again (OTEL_EXPORTER_OTLP_ENDPOINT)"
-                    );
-                }
-            }
+        if full {
+            continue;
         }
+        if ending {
+            break;
+        }
+        std::thread::park_timeout(settings.delay);
     }
     let _ = done.try_send(());
+}
+
+/// Exports `batch` to `endpoint`; a batch the collector does not take is
+/// counted dropped. Whether exports are `failing` now, said in the log
+/// when that changes.
+fn send(
+    runtime: &tokio::runtime::Runtime,
+    exporter: &opentelemetry_otlp::SpanExporter,
+    batch: Vec<SpanData>,
+    endpoint: &str,
+    failing: bool,
+) -> bool {
+    let count = batch.len() as u64;
+    match runtime.block_on(exporter.export(batch)) {
+        Ok(()) => {
+            if failing {
+                tracing::info!(endpoint, "traces are exported again");
+            }
+            false
+        }
+        Err(err) => {
+            SPANS_DROPPED.inc_by(count);
+            if !failing {
+                tracing::warn!(
+                    endpoint,
+                    cause = %err,
+                    "cannot export traces: spans are dropped, and counted in \
+                     wasmhttpd_trace_spans_dropped_total, until the collector takes them again \
+                     (OTEL_EXPORTER_OTLP_ENDPOINT)"
+                );
+            }
+            true
+        }
+    }
 }
 
 /// The exporter's HTTP client: hyper over TCP, or over rustls for an
@@ -647,10 +687,16 @@ pub fn guest_instance(span: &Span, reused: bool) {
 /// Records how the guest's run ended: `answered`, or why it did not
 /// (`timed out`, `trapped`, `out of memory`...), an error then.
 pub fn end_guest_span(span: &Span, outcome: &str, error: Option<&dyn std::fmt::Display>) {
+    ended(span, "wasmhttpd.guest.outcome", outcome, error);
+}
+
+/// Records in `span` how its work ended: `result` under `field`, and, for
+/// an `error`, the error status with its description.
+fn ended(span: &Span, field: &str, result: &str, error: Option<&dyn std::fmt::Display>) {
     if span.is_disabled() {
         return;
     }
-    span.record("wasmhttpd.guest.outcome", outcome);
+    span.record(field, result);
     if let Some(error) = error {
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_description", tracing::field::display(error));
@@ -767,9 +813,7 @@ pub fn client_status(span: &Span, status: u16) {
 
 /// Records why an outgoing request failed or was refused.
 pub fn client_failed(span: &Span, kind: &str, why: &dyn std::fmt::Display) {
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", kind);
-    span.record("otel.status_description", tracing::field::display(why));
+    ended(span, "error.type", kind, Some(why));
 }
 
 /// The span of one key-value operation on `store` (a backend `system`:
@@ -797,14 +841,7 @@ pub fn kv_span(parent: &Context, store: &str, system: &str, operation: &'static 
 /// Records a key-value operation's result: `ok`, or the error's kind (an
 /// error then).
 pub fn kv_result(span: &Span, result: &str, error: Option<&dyn std::fmt::Display>) {
-    if span.is_disabled() {
-        return;
-    }
-    span.record("wasmhttpd.kv.result", result);
-    if let Some(error) = error {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", tracing::field::display(error));
-    }
+    ended(span, "wasmhttpd.kv.result", result, error);
 }
 
 #[cfg(test)]
