@@ -9,7 +9,8 @@
 //! neighbour benchmark, `bench/neighbours.py`: each case runs on each
 //! server and has its row.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support::{WASMTIME_INSTALL, fault_guest, kv_guest, p3_guest, required_tool};
@@ -24,6 +25,25 @@ const SERVERS: [&str; 5] = [
     "nginx",
 ];
 
+/// Each of `tools` (a program and how to install it), the first one's
+/// path, and a `PATH` that finds them all: the scripts find their tools
+/// on `PATH`, and cargo's bin directory may not be on it. `None` when one
+/// is missing (and the test is skipped, as `required_tool` says).
+fn tools_on_path(tools: &[(&str, &str)]) -> Option<(PathBuf, OsString)> {
+    let mut found = Vec::new();
+    for (tool, install) in tools {
+        found.push(required_tool(tool, install)?);
+    }
+    let dirs = found
+        .iter()
+        .map(|tool| tool.parent().unwrap().to_path_buf());
+    let path = std::env::join_paths(dirs.chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    Some((found.swap_remove(0), path))
+}
+
 #[test]
 fn the_benchmark_loads_every_server_and_prints_its_tables() {
     let tools = [
@@ -35,27 +55,15 @@ fn the_benchmark_loads_every_server_and_prints_its_tables() {
         ("h2load", "apt-get install nghttp2-client"),
         ("redis-server", "apt-get install redis-server"),
     ];
-    let mut found = Vec::new();
-    for (tool, install) in tools {
-        let Some(path) = required_tool(tool, install) else {
-            return;
-        };
-        found.push(path);
-    }
-    // The script finds its tools on PATH; cargo's bin directory may not be.
-    let dirs = found
-        .iter()
-        .map(|tool| tool.parent().unwrap().to_path_buf());
-    let path = std::env::join_paths(dirs.chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
+    let Some((python, path)) = tools_on_path(&tools) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let guest = dir.path().join("guest.wasm");
     std::fs::write(&guest, wasmhttpd::DEFAULT_GUEST).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/bench.py");
 
-    let output = Command::new(&found[0])
+    let output = Command::new(&python)
         .env("PATH", path)
         .arg(script)
         .args([
@@ -269,22 +277,11 @@ fn the_neighbour_benchmark_runs_each_case_on_each_server() {
         ("python3", "apt-get install python3"),
         ("wasmtime", WASMTIME_INSTALL),
     ];
-    let mut found = Vec::new();
-    for (tool, install) in tools {
-        let Some(path) = required_tool(tool, install) else {
-            return;
-        };
-        found.push(path);
-    }
-    let dirs = found
-        .iter()
-        .map(|tool| tool.parent().unwrap().to_path_buf());
-    let path = std::env::join_paths(dirs.chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
+    let Some((python, path)) = tools_on_path(&tools) else {
+        return;
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/neighbours.py");
-    let output = Command::new(&found[0])
+    let output = Command::new(&python)
         .env("PATH", path)
         .arg(script)
         .args(["--no-build", "--timeout", "1", "--window", "0.3"])

@@ -110,6 +110,13 @@ impl Receiver {
         self.spans().into_iter().find(matches).unwrap()
     }
 
+    /// Waits for the SERVER span of the request for `path`.
+    fn request(&self, path: &str) -> Span {
+        self.span(&format!("the span of the request for {path}"), |span| {
+            span.attributes.get("url.path").is_some_and(|p| p == path)
+        })
+    }
+
     /// Stops taking connections and closes those it has.
     fn stop(self) -> SocketAddr {
         self.stopped.store(true, Ordering::SeqCst);
@@ -315,11 +322,7 @@ fn a_request_yields_a_server_span_and_its_guests_run() {
 
     // A guest that traps: a 500, an error on both spans.
     assert_eq!(get(&server, "/trap", "").status, 500);
-    let failed = receiver.span("the failed request's span", |span| {
-        span.attributes
-            .get("url.path")
-            .is_some_and(|path| path == "/trap")
-    });
+    let failed = receiver.request("/trap");
     assert!(failed.error);
     assert_eq!(failed.attribute("http.route"), "/trap");
     assert_eq!(failed.attribute("http.response.status_code"), "500");
@@ -357,22 +360,14 @@ fn a_wait_for_an_instance_has_its_span() {
     let mut rest = Vec::new();
     reader.read_to_end(&mut rest).unwrap();
 
-    let waited = receiver.span("the second request's span", |span| {
-        span.attributes
-            .get("url.path")
-            .is_some_and(|path| path == "/ok")
-    });
+    let waited = receiver.request("/ok");
     let wait = receiver.span("the wait's span", |span| {
         span.name == "wait for an instance"
     });
     assert_eq!(wait.parent_id, waited.span_id);
     assert_eq!(wait.trace_id, waited.trace_id);
     // The first request waited for nothing, and has no such span.
-    let streamed = receiver.span("the first request's span", |span| {
-        span.attributes
-            .get("url.path")
-            .is_some_and(|path| path == "/stream")
-    });
+    let streamed = receiver.request("/stream");
     assert!(
         receiver
             .spans()
@@ -394,9 +389,7 @@ fn a_wasip3_guests_run_is_traced() {
     // A WASIp3 request's trap ends the instance it shared: the request
     // hears of it as its instance lost (the trap is the instance's).
     for (path, outcome) in [("/ok", "answered"), ("/trap", "instance lost")] {
-        let request = receiver.span("the request's span", |span| {
-            span.attributes.get("url.path").is_some_and(|p| p == path)
-        });
+        let request = receiver.request(path);
         let guest = receiver.span("the guest's span", |span| span.parent_id == request.span_id);
         assert_eq!(guest.attribute("wasmhttpd.guest.wasi"), "p3", "{path}");
         assert_eq!(
@@ -650,11 +643,7 @@ fn with_the_collector_down_requests_are_answered_and_the_spans_counted_dropped()
     // The collector back: exports resume, and the log says so once.
     let receiver = Receiver::on(TcpListener::bind(addr).unwrap());
     assert_eq!(get(&server, "/echo.html", "").status, 200);
-    receiver.span("a span exported again", |span| {
-        span.attributes
-            .get("url.path")
-            .is_some_and(|path| path == "/echo.html")
-    });
+    receiver.request("/echo.html");
     server.wait_for_log("traces are exported again");
 }
 
